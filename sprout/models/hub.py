@@ -1,0 +1,82 @@
+"""Read and write standard Hugging Face model folders (config.json + model.safetensors).
+
+Our parameter names equal transformers' names, so saving is a plain state-dict dump. Loading
+uses safetensors only: nothing is unpickled, so an untrusted folder cannot run code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import ModelConfig
+from .dense import SproutForCausalLM
+
+# model_type -> (config reader, model class). Other families register here.
+REGISTRY: dict[str, tuple[Callable[[dict], object], Callable[[object], nn.Module]]] = {
+    "qwen3": (ModelConfig.from_hf_dict, SproutForCausalLM),
+    "llama": (ModelConfig.from_hf_dict, SproutForCausalLM),
+}
+
+
+def build_model(cfg) -> nn.Module:
+    return REGISTRY[cfg.model_type][1](cfg)
+
+
+def read_config(folder: str | Path):
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise SystemExit(f"{folder} is not a model folder: {path} is missing")
+    d = json.loads(path.read_text())
+    mt = d.get("model_type")
+    if mt not in REGISTRY:
+        raise SystemExit(f"{path}: model_type {mt!r} is not supported; supported: {', '.join(REGISTRY)}")
+    return REGISTRY[mt][0](d)
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    single = folder / "model.safetensors"
+    if single.exists():
+        return load_file(single)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(folder / f))
+        return state
+    raise SystemExit(f"{folder}: no model.safetensors (sprout reads only safetensors weights)")
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    folder = Path(folder)
+    cfg = read_config(folder)
+    model = build_model(cfg)
+    state = _read_weights(folder)
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied: the head *is* the embedding matrix
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise SystemExit(f"{folder}: weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(device=device, dtype=dtype)
+
+
+def save_model(model: nn.Module, folder: str | Path, generation_config: dict | None = None) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # transformers re-ties it on load
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": [cfg.eos_token_id, cfg.pad_token_id],
+           "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
+           "repetition_penalty": 1.05}
+    gen.update(generation_config or {})
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

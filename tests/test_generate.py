@@ -1,0 +1,55 @@
+"""Sampling and batched decoding."""
+import torch
+
+from conftest import tiny_model
+from sprout.infer.generate import (SamplingConfig, TextDecoder, apply_repetition_penalty, filter_top_k_top_p,
+                                   generate)
+
+
+def test_batched_prompts_give_the_same_tokens_as_one_at_a_time():
+    model = tiny_model()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [40, 41, 42, 43]]
+    sc = SamplingConfig(max_new_tokens=12, temperature=0, stop_token_ids=[])
+    batched = generate(model, prompts, sc)
+    assert batched == [generate(model, [p], sc)[0] for p in prompts]
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    model = tiny_model()
+    sc = SamplingConfig(max_new_tokens=16, temperature=1.0, top_p=0.95, stop_token_ids=[], seed=3)
+    a, b = generate(model, [[5, 6, 7]], sc), generate(model, [[5, 6, 7]], sc)
+    sc.seed = 4
+    assert a == b and a != generate(model, [[5, 6, 7]], sc)
+
+
+def test_stop_token_ends_a_row_and_max_new_tokens_caps_it():
+    model = tiny_model()
+    sc = SamplingConfig(max_new_tokens=8, temperature=0, stop_token_ids=[])
+    free = generate(model, [[5, 6, 7]], sc)[0]
+    assert len(free) == 8
+    sc.stop_token_ids = [free[2]]
+    stopped = generate(model, [[5, 6, 7]], sc, include_stop=True)[0]
+    assert stopped == free[: free.index(free[2]) + 1]
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)[0, 2:]).all()
+    probs = logits.softmax(-1)[0]  # ~[0.64, 0.24, 0.09, 0.03]
+    kept = ~torch.isinf(filter_top_k_top_p(logits, 0, 0.8)[0])
+    assert kept.tolist() == [True, True, False, False] and probs[0] < 0.8 <= probs[:2].sum()
+
+
+def test_repetition_penalty_lowers_seen_tokens_only():
+    logits = torch.tensor([[2.0, -2.0, 2.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 2.0]]
+
+
+def test_text_decoder_holds_back_partial_characters():
+    raw = "保险".encode()
+    # decode bytes seen so far, as a byte-level tokenizer would
+    dec = TextDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    pieces = [dec.push(b) for b in raw]
+    assert "".join(pieces) == "保险" and pieces[:2] == ["", ""]
