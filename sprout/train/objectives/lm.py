@@ -1,0 +1,91 @@
+"""Next-token prediction objectives: pretraining on raw text and SFT on conversations.
+
+Both minimise the same cross-entropy; they differ only in data. Pretraining packs documents back
+to back and predicts every token. SFT renders conversations with the chat template and predicts
+only what the assistant says (labels are -100 elsewhere), packing several conversations per row
+with `doc_ids` so attention never crosses from one conversation into another.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import register
+from .base import Objective
+
+
+class CausalLMObjective(Objective):
+    """Shared loss: mean CE over labelled positions, plus the model's auxiliary loss (MoE balance)."""
+
+    data_kind = ""  # record kind for sprout.data readers and built-in data
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        extra = {k: batch[k] for k in ("position_ids", "doc_ids", "attention_mask") if k in batch}
+        out = model(batch["input_ids"], **extra)
+        labels = batch["labels"]
+        # fp32 softmax: in bf16 the log-probabilities of a 6k+ vocabulary lose too much precision.
+        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        metrics: dict[str, Any] = {"ce": ce.detach()}
+        loss = ce
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss
+            metrics["aux_loss"] = out.aux_loss.detach()
+        return loss, metrics
+
+    def data_source(self) -> str:
+        """cfg.data, or the built-in corpus for this stage written once as jsonl under cfg.out."""
+        if self.cfg.data:
+            return self.cfg.data
+        from ...data.builtin import write_builtin
+
+        path = Path(self.cfg.out) / "data" / f"builtin-{self.data_kind}.jsonl"
+        if not path.exists():
+            write_builtin(self.data_kind, path)
+        return str(path)
+
+    def cache_dir(self) -> Path:
+        """Pre-tokenized shards live beside the run; the data module re-uses them when the key matches."""
+        return Path(self.cfg.out) / "tokenized" / self.data_kind
+
+
+@register
+class PretrainObjective(CausalLMObjective):
+    name = "pretrain"
+    data_kind = "pretrain"
+
+    def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
+        from ...data.datasets import PretrainDataset
+        from ...data.tokenized import tokenize_pretrain
+
+        cache = self.cache_dir()
+        tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
+                          seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        return (PretrainDataset(cache / "train.bin", self.cfg.seq_len),
+                PretrainDataset(cache / "val.bin", self.cfg.seq_len))
+
+
+@register
+class SFTObjective(CausalLMObjective):
+    name = "sft"
+    data_kind = "sft"
+
+    def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
+        from ...data.datasets import SFTDataset
+        from ...data.tokenized import tokenize_sft
+
+        cache = self.cache_dir()
+        tokenize_sft(self.data_source(), tokenizer, cache, self.cfg.seq_len, val_fraction=self.cfg.val_fraction,
+                     seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        return (SFTDataset(cache / "train", self.cfg.seq_len, pack=self.cfg.pack),
+                SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack))
+
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        # Rows are padded with <|endoftext|> (id 0) after the last conversation; padding is not data.
+        if "attention_mask" in batch:
+            return int(batch["attention_mask"].sum())
+        return int((batch["input_ids"] != 0).sum())
