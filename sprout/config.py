@@ -203,7 +203,13 @@ class TrainConfig:
 
 
 def _coerce(value: str) -> Any:
-    """Parse a command-line override value with YAML rules (numbers, bools, lists)."""
+    """Parse a command-line override value: Python number syntax first (YAML 1.1 would read
+    `3e-4` as a string), then YAML rules (bools, lists, dicts, null)."""
+    for number in (int, float):
+        try:
+            return number(value)
+        except ValueError:
+            pass
     return yaml.safe_load(value)
 
 
@@ -250,4 +256,14 @@ def build_train_config(recipe: str | None, stage: str, flags: dict[str, Any], ov
         raise SystemExit(f"unknown training option(s): {', '.join(sorted(unknown))}")
     if "betas" in d:
         d["betas"] = tuple(d["betas"])
+    for f in fields(TrainConfig):
+        # YAML 1.1 reads `lr: 3e-4` as a string; accept it for numeric fields, reject other junk.
+        value = d.get(f.name)
+        if isinstance(value, str) and f.type.split(" |")[0] in ("float", "int"):
+            try:
+                d[f.name] = _coerce(value)
+            except ValueError:
+                pass
+            if isinstance(d[f.name], str):
+                raise SystemExit(f"{f.name} must be a number, got {value!r}")
     return TrainConfig(**d)

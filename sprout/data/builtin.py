@@ -295,11 +295,16 @@ def pretrain_sources() -> dict[str, list[str]]:
     }
 
 
-def pretrain_texts(seed: int = 0, max_chars: int | None = None) -> list[str]:
+def pretrain_texts(seed: int = 0, max_chars: int | None = None, weights: dict[str, float] | None = None) -> list[str]:
     """All built-in pretraining documents, shuffled (seeded) so every window mixes sources.
+    `weights` keeps a seeded fraction of each named source (e.g. {"chitchat": 0.2}; unnamed = 1).
     `max_chars` keeps a seeded sample of about that many characters (same mix of sources)."""
-    docs = [d for src in pretrain_sources().values() for d in src]
-    random.Random(seed).shuffle(docs)
+    rng = random.Random(seed)
+    docs = []
+    for name, src in pretrain_sources().items():
+        w = (weights or {}).get(name, 1.0)
+        docs += src if w >= 1 else rng.sample(src, round(len(src) * w))
+    rng.shuffle(docs)
     if max_chars is not None:
         kept, total = [], 0
         for d in docs:
@@ -374,10 +379,12 @@ def builtin_stats(seed: int = 0) -> dict[str, dict[str, dict[str, int]]]:
     }
 
 
-def write_builtin(kind: str, path: str | Path, seed: int = 0, max_chars: int | None = None) -> Path:
-    """Write the built-in data of `kind` ("pretrain" or "sft") as jsonl in the normal format."""
+def write_builtin(kind: str, path: str | Path, seed: int = 0, max_chars: int | None = None,
+                  weights: dict[str, float] | None = None) -> Path:
+    """Write the built-in data of `kind` ("pretrain" or "sft") as jsonl in the normal format.
+    `weights` (pretrain only) keeps that fraction of each named source, see `pretrain_texts`."""
     if kind == "pretrain":
-        records: list[dict] = [{"text": t} for t in pretrain_texts(seed, max_chars)]
+        records: list[dict] = [{"text": t} for t in pretrain_texts(seed, max_chars, weights)]
     elif kind == "sft":
         records = sft_records(seed)
     else:

@@ -1,0 +1,172 @@
+"""The `sprout` command: parse arguments, then call one function per verb.
+
+Imports happen inside each verb so `sprout --help` is instant and a verb only loads what it uses.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every training stage shares, spelled the same everywhere."""
+    p.add_argument("--recipe", help="built-in recipe name or YAML file (see sprout/recipes/)")
+    p.add_argument("--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)")
+    p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
+    p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: --model's, else sprout's built-in tokenizer)")
+    p.add_argument("--out", help="output folder (checkpoints, metrics, final model)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes (the LR schedule follows the clock)")
+    p.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--resume", action="store_true", default=None, help="continue exactly from --out's latest checkpoint")
+    p.add_argument("--skip-invalid", action="store_true", default=None, help="skip malformed records and report how many")
+    # KEY=VALUE overrides may appear anywhere after the stage; main() collects them (see below).
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .config import build_train_config
+    from .train.engine import train
+
+    flags = {"data": a.data, "model": a.model, "preset": a.preset, "tokenizer": a.tokenizer, "out": a.out,
+             "max_steps": a.max_steps, "max_tokens": a.max_tokens, "max_minutes": a.max_minutes, "epochs": a.epochs,
+             "resume": a.resume, "skip_invalid": a.skip_invalid}
+    cfg = build_train_config(a.recipe, a.stage, flags, a.overrides)
+    train(cfg)
+
+
+def cmd_tokenizer_train(a: argparse.Namespace) -> None:
+    from .tokenizer import build_default_tokenizer, train_tokenizer_from_files
+
+    if a.data:
+        tok = train_tokenizer_from_files(a.data, a.vocab_size, a.out)
+    else:
+        tok = build_default_tokenizer(a.out, vocab_size=a.vocab_size)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {a.out}")
+
+
+def cmd_data_download(a: argparse.Namespace) -> None:
+    from .data.builtin import download_minimind
+
+    download_minimind(a.out, a.files)
+
+
+def cmd_data_validate(a: argparse.Namespace) -> None:
+    from .data.readers import ReadStats, read_records
+
+    stats = ReadStats()
+    n = sum(1 for _ in read_records(a.path, a.kind, skip_invalid=a.skip_invalid, stats=stats))
+    print(f"{a.path}: {n} valid {a.kind} records" + (f", {stats.skipped} invalid skipped" if stats.skipped else ""))
+    for msg in stats.errors:
+        print("  " + msg)
+
+
+def cmd_chat(a: argparse.Namespace) -> None:
+    from .infer.chat import ChatSession, run_chat
+    from .infer.loading import load_for_inference
+
+    model, tok = load_for_inference(a.model, a.device)
+    sampling = _sampling(a)
+    run_chat(ChatSession(model, tok, sampling, system=a.system, thinking=a.think))
+
+
+def _sampling(a: argparse.Namespace):
+    from .infer.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                          top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed)
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from .eval.run import run_eval
+
+    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device)
+
+
+def cmd_speedrun(a: argparse.Namespace) -> None:
+    from .speedrun import speedrun
+
+    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("speedrun", help="tokenizer -> pretrain -> SFT -> eval -> report, on built-in data")
+    p.add_argument("--out", default="runs/speedrun")
+    p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
+    p.add_argument("--data-dir", help="folder with MiniMind's pretrain_hq.jsonl and sft_mini_512.jsonl (GPU recipes)")
+    p.add_argument("--minutes", type=float, help="total training minutes (default from the recipe)")
+    p.set_defaults(func=cmd_speedrun)
+
+    p = sub.add_parser("train", help="train one stage (pretrain, sft, ...)",
+                       epilog="Any TrainConfig field can be set as KEY=VALUE, e.g. lr=3e-4 model_overrides.hidden_size=384")
+    p.add_argument("stage", help="pretrain or sft")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    tk = sub.add_parser("tokenizer", help="train a BPE tokenizer").add_subparsers(dest="action", required=True)
+    p = tk.add_parser("train", help="train byte-level BPE on jsonl text (default: the built-in corpus)")
+    p.add_argument("--data", nargs="*", help="jsonl files with `text` or `conversations`")
+    p.add_argument("--vocab-size", type=int, default=6400)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    dt = sub.add_parser("data", help="datasets: download, validate").add_subparsers(dest="action", required=True)
+    p = dt.add_parser("download", help="fetch a public dataset (needs network)")
+    p.add_argument("name", choices=["minimind"])
+    p.add_argument("--out", default="data/minimind")
+    p.add_argument("--files", nargs="*", default=["pretrain_hq.jsonl", "sft_mini_512.jsonl"])
+    p.set_defaults(func=cmd_data_download)
+    p = dt.add_parser("validate", help="check a data file and report malformed records as FILE:LINE")
+    p.add_argument("path")
+    p.add_argument("--kind", default="sft", choices=["pretrain", "sft", "dpo", "rlaif", "agent_rl"])
+    p.add_argument("--skip-invalid", action="store_true")
+    p.set_defaults(func=cmd_data_validate)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal")
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False, help="let the model think first")
+    p.add_argument("--device", default="auto")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval", help="held-out loss/perplexity, insuranceqa answer selection, samples")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
+    p.add_argument("--data", help="jsonl file for loss/perplexity (text or conversations)")
+    p.add_argument("--tasks", nargs="*", default=["insuranceqa-zh", "insuranceqa-en", "samples"])
+    p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    # argparse cannot interleave a variable-length positional with options, so KEY=VALUE
+    # overrides (any TrainConfig field, e.g. lr=3e-4 batch_size=8) arrive as unknown arguments.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    rest = [x for x in extra if x not in overrides]
+    if rest or (overrides and args.verb != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
+    args.overrides = overrides
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
