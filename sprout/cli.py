@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_chat)
 
+    from .infer.server import add_serve_command
+
+    add_serve_command(sub)
+
     p = sub.add_parser("eval", help="held-out loss/perplexity, insuranceqa answer selection, samples")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")

@@ -1,0 +1,338 @@
+"""Continuous batching: one background thread decodes every running request together.
+
+Each request owns one row of a shared, left-padded KV cache. The scheduler loop, once per tick:
+
+1. admits waiting requests (up to `max_batch` rows), prefills their prompts in one forward pass
+   (left-padded among themselves) and samples their first token;
+2. merges the new rows into the running batch: the shorter side is left-padded with masked
+   slots so every row ends at the same cache column (RoPE is applied before keys are cached,
+   so a key's position lives in the key itself, not in its column — moving it is free);
+3. runs one decode step for all rows: one token per row, per-row sampling settings;
+4. drops rows that finished (stop token, max tokens, context end), were cancelled (client gone,
+   stop string found) or ran past their deadline, and trims cache columns that are padding for
+   every remaining row.
+
+A row's tokens therefore do not depend on which other requests share its batch (greedy gives
+the same tokens as decoding alone; tested).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .generate import SamplingConfig, sample_next
+
+log = logging.getLogger("sprout.serve")
+
+GROW = 128  # cache columns added at a time
+
+
+@dataclass
+class GenRequest:
+    """One generation job. `emit` is called from the engine thread: emit(token) for each new token,
+    then exactly once emit(None, finish_reason) with reason in stop|length|cancelled|timeout|error."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    emit: Callable[..., None]
+    deadline: float | None = None  # time.monotonic() after which the request is abandoned
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class RaggedCache:
+    """KV cache whose rows can be added, removed and re-aligned between steps.
+
+    Duck-types sprout.models.cache.KVCache for the model: `length`, `update`, `advance`."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], length: int):
+        self.k, self.v, self.length = k, v, length
+
+    @classmethod
+    def empty(cls, model: nn.Module, batch: int, cap: int) -> "RaggedCache":
+        c, p = model.config, model.lm_head.weight
+        shape = (batch, c.num_key_value_heads, cap, c.head_dim)
+        z = lambda: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
+        return cls([z() for _ in range(c.num_hidden_layers)], [z() for _ in range(c.num_hidden_layers)], 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reserve(self, n: int) -> None:
+        """Make room for n more columns."""
+        if self.length + n <= self.capacity:
+            return
+        extra = max(GROW, self.length + n - self.capacity)
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)  # noqa: E731
+        self.k = [pad(t[:, :, :self.length]) for t in self.k]
+        self.v = [pad(t[:, :, :self.length]) for t in self.v]
+
+    def left_pad(self, n: int) -> None:
+        """Insert n (masked) columns at the left."""
+        if n <= 0:
+            return
+        pad = lambda t: torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t[:, :, :self.length],  # noqa: E731
+                                   t.new_zeros(*t.shape[:2], GROW, t.shape[3])], dim=2)
+        self.k = [pad(t) for t in self.k]
+        self.v = [pad(t) for t in self.v]
+        self.length += n
+
+    def drop_left(self, n: int) -> None:
+        if n > 0:
+            self.k = [t[:, :, n:] for t in self.k]
+            self.v = [t[:, :, n:] for t in self.v]
+            self.length -= n
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+
+    def concat(self, other: "RaggedCache") -> None:
+        """Append other's rows (both caches already have the same length)."""
+        assert self.length == other.length
+        n, cap = self.length, self.length + GROW
+
+        def cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            out = a.new_zeros(a.shape[0] + b.shape[0], a.shape[1], cap, a.shape[3])
+            out[:a.shape[0], :, :n] = a[:, :, :n]
+            out[a.shape[0]:, :, :n] = b[:, :, :n]
+            return out
+
+        self.k = [cat(a, b) for a, b in zip(self.k, other.k)]
+        self.v = [cat(a, b) for a, b in zip(self.v, other.v)]
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    gen: torch.Generator | None
+    seen: torch.Tensor  # [V] bool, for the repetition penalty
+    generated: int = 0
+    max_new: int = 0
+    stops: frozenset = frozenset()
+
+
+class BatchEngine:
+    """Owns one model and a scheduler thread. `submit` is thread-safe and returns at once."""
+
+    def __init__(self, model: nn.Module, max_batch: int = 32, context_len: int | None = None, name: str = "model"):
+        self.model, self.max_batch, self.name = model, max_batch, name
+        self.device = next(model.parameters()).device
+        self.context_len = context_len or model.config.max_position_embeddings
+        self.pad = model.config.pad_token_id
+        self._waiting: deque[GenRequest] = deque()
+        self._cv = threading.Condition()
+        self._rows: list[_Row] = []
+        self._cache: RaggedCache | None = None
+        self._mask: torch.Tensor | None = None  # [B, S] 1 = real token
+        self._pos: torch.Tensor | None = None  # [B] position of the next token
+        self._last: torch.Tensor | None = None  # [B] last sampled token
+        self._stop = False
+        self.steps = 0  # decode steps run (for tests / stats)
+        self.max_rows_seen = 0  # largest batch decoded together
+        self._thread = threading.Thread(target=self._loop, name=f"sprout-engine-{name}", daemon=True)
+        self._thread.start()
+
+    # -- public API -------------------------------------------------------------------------------
+    def submit(self, req: GenRequest) -> None:
+        with self._cv:
+            self._waiting.append(req)
+            self._cv.notify()
+
+    @property
+    def load(self) -> int:
+        """Requests waiting or running."""
+        return len(self._waiting) + len(self._rows)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._rows:
+                    self._cv.wait()
+                if self._stop:
+                    for r in self._rows:
+                        self._finish(r, "cancelled")
+                    for q in self._waiting:
+                        self._safe_emit(q, None, "cancelled")
+                    return
+                room = self.max_batch - len(self._rows)
+                new = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            try:
+                with torch.inference_mode():
+                    self._tick(new)
+            except Exception as exc:  # a failing step must not kill the server: fail the batch, start over
+                log.exception("engine %s: step failed", self.name)
+                for r in self._rows:
+                    r.req.error = f"{type(exc).__name__}: {exc}"
+                    self._finish(r, "error")
+                for q in new:
+                    if not any(r.req is q for r in self._rows):
+                        q.error = f"{type(exc).__name__}: {exc}"
+                        self._safe_emit(q, None, "error")
+                self._rows, self._cache = [], None
+
+    def _tick(self, new: list[GenRequest]) -> None:
+        now = time.monotonic()
+        new = [q for q in new if self._admit_ok(q, now)]
+        self._reap(now)
+        if new:
+            self._prefill(new)
+            self._reap(time.monotonic())
+        if self._rows:
+            self._decode_step()
+            self._reap(time.monotonic())
+
+    def _admit_ok(self, q: GenRequest, now: float) -> bool:
+        if q.cancelled.is_set():
+            self._safe_emit(q, None, "cancelled")
+            return False
+        if q.deadline is not None and now > q.deadline:
+            self._safe_emit(q, None, "timeout")
+            return False
+        return True
+
+    @staticmethod
+    def _safe_emit(req: GenRequest, tok: int | None, reason: str | None = None) -> None:
+        try:
+            req.emit(tok, reason)
+        except Exception:  # a broken consumer must not break the batch
+            log.exception("emit failed")
+            req.cancel()
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.max_new = -1  # marks the row as done
+        self._safe_emit(row.req, None, reason)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        """logits [B, V] fp32 -> one token per row with that row's own settings and generator."""
+        out: list[int] = [0] * len(rows)
+        greedy = [i for i, r in enumerate(rows) if r.req.sampling.temperature <= 0
+                  and r.req.sampling.repetition_penalty == 1.0]
+        if greedy:
+            ids = logits[greedy].argmax(-1).tolist()
+            for i, t in zip(greedy, ids):
+                out[i] = t
+        gset = set(greedy)
+        for i, r in enumerate(rows):
+            if i not in gset:
+                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, r.seen[None], r.gen)[0])
+        return out
+
+    def _emit_tokens(self, rows: list[_Row], toks: list[int]) -> None:
+        for r, t in zip(rows, toks):
+            r.generated += 1
+            r.seen[t] = True
+            self._safe_emit(r.req, t)
+            if t in r.stops:
+                self._finish(r, "stop")
+            elif r.generated >= r.max_new:
+                self._finish(r, "length")
+
+    def _prefill(self, new: list[GenRequest]) -> None:
+        B, L = len(new), max(len(q.prompt) for q in new)
+        ids = torch.full((B, L), self.pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros((B, L), dtype=torch.long, device=self.device)
+        for i, q in enumerate(new):
+            ids[i, L - len(q.prompt):] = torch.tensor(q.prompt, device=self.device)
+            mask[i, L - len(q.prompt):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = RaggedCache.empty(self.model, B, L + GROW)
+        padded = bool((mask == 0).any())
+        logits = self.model(ids, position_ids=pos, attention_mask=mask if padded else None,
+                            cache=cache, last_only=True).logits[:, -1].float()
+        rows = []
+        V = self.model.config.vocab_size
+        for i, q in enumerate(new):
+            sc = q.sampling
+            seen = torch.zeros(V, dtype=torch.bool, device=self.device)
+            seen[torch.tensor(q.prompt, device=self.device)] = True
+            gen = torch.Generator(device=self.device).manual_seed(sc.seed) if sc.seed is not None else None
+            room = self.context_len - len(q.prompt)
+            rows.append(_Row(q, gen, seen, max_new=max(1, min(sc.max_new_tokens, room)),
+                             stops=frozenset(sc.stop_token_ids)))
+        toks = self._sample(logits, rows)
+        # Merge: right-align the new rows with the running ones.
+        if self._rows:
+            S = self._cache.length
+            if L < S:
+                cache.left_pad(S - L)
+                mask = torch.cat([mask.new_zeros(B, S - L), mask], 1)
+            elif L > S:
+                self._cache.left_pad(L - S)
+                self._mask = torch.cat([self._mask.new_zeros(len(self._rows), L - S), self._mask], 1)
+            self._cache.concat(cache)
+            self._mask = torch.cat([self._mask, mask], 0)
+            self._pos = torch.cat([self._pos, pos[:, -1] + 1])
+            self._last = torch.cat([self._last, torch.zeros(B, dtype=torch.long, device=self.device)])
+        else:
+            self._cache, self._mask, self._pos = cache, mask, pos[:, -1] + 1
+            self._last = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._last[len(self._rows):] = torch.tensor(toks, device=self.device)
+        self._rows += rows
+        self._emit_tokens(rows, toks)
+
+    def _decode_step(self) -> None:
+        B = len(self._rows)
+        self.max_rows_seen = max(self.max_rows_seen, B)
+        self._cache.reserve(1)
+        self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], 1)
+        logits = self.model(self._last[:, None], position_ids=self._pos[:, None], attention_mask=self._mask,
+                            cache=self._cache).logits[:, -1].float()
+        self._pos = self._pos + 1
+        toks = self._sample(logits, self._rows)
+        self.steps += 1
+        self._emit_tokens(self._rows, toks)
+        self._last = torch.tensor(toks, device=self.device)
+
+    def _reap(self, now: float) -> None:
+        """Remove finished / cancelled / timed-out rows and trim all-padding cache columns."""
+        keep = []
+        for i, r in enumerate(self._rows):
+            if r.max_new >= 0:
+                if r.req.cancelled.is_set():
+                    self._finish(r, "cancelled")
+                elif r.req.deadline is not None and now > r.req.deadline:
+                    self._finish(r, "timeout")
+            if r.max_new >= 0:
+                keep.append(i)
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask, self._pos, self._last = [], None, None, None, None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self._rows = [self._rows[i] for i in keep]
+        self._cache.select_rows(idx)
+        self._mask, self._pos, self._last = self._mask[idx], self._pos[idx], self._last[idx]
+        lead = int(self._mask.any(0).long().argmax())  # first column some row still uses
+        if lead > 0:
+            self._cache.drop_left(lead)
+            self._mask = self._mask[:, lead:]
