@@ -143,7 +143,8 @@ class ProgressDisplay:
         done = progress - self._p0
         if done <= 0:
             return math.inf
-        return (time.perf_counter() - self._t0) / done * (1.0 - progress)
+        # A time budget can overshoot 100% by part of a step: never show a negative ETA.
+        return (time.perf_counter() - self._t0) / done * max(0.0, 1.0 - progress)
 
     def update(self, step: int, total: int | None, progress: float, loss: float, lr: float, tok_s: float) -> None:
         if not self.enabled:
@@ -154,7 +155,7 @@ class ProgressDisplay:
         if self._bar is not None:
             self._bar.update(self._task, completed=int(progress * 1000), description=head, info=info)
         elif step % self.log_every == 0:
-            print(f"{head} ({progress:.1%})  {info}", file=sys.stderr, flush=True)
+            print(f"{head} ({min(progress, 1.0):.1%})  {info}", file=sys.stderr, flush=True)
 
     def print(self, message: str) -> None:
         if not self.enabled:
