@@ -144,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_chat)
 
+    from .bench import add_bench_command
     from .infer.server import add_serve_command
 
     add_serve_command(sub)
+    add_bench_command(sub)
 
     p = sub.add_parser("eval", help="held-out loss/perplexity, insuranceqa answer selection, samples")
     p.add_argument("--model", required=True)

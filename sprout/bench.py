@@ -1,0 +1,67 @@
+"""`sprout bench train`: training throughput (tokens/s) of a preset at each precision.
+
+Speed goals live here, not in tests: the numbers depend on the machine. Results are printed as a
+markdown table to paste into docs/BENCHMARKS.md together with the machine and the command.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from .config import model_preset
+from .models import build_model
+from .train.device import select_device, select_precision
+from .train.optim import build_optimizer
+
+
+def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, steps: int, device: str = "auto") -> list[dict]:
+    dev = select_device(device)
+    rows = []
+    for dtype in dtypes:
+        torch.manual_seed(0)
+        model = build_model(model_preset(preset)).to(dev)
+        precision = select_precision(dev, dtype)
+        opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), dev, model.named_parameters())
+        x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), device=dev)
+        for i in range(steps + 1):
+            if i == 1:  # step 0 warms up allocators and kernels
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with precision.autocast():
+                loss = model.loss(x[:, :-1], x[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / steps
+        rows.append({"preset": preset, "dtype": precision.name, "device": str(dev), "seq_len": seq_len,
+                     "batch_size": batch_size, "tokens_per_s": batch_size * seq_len / dt, "step_s": dt})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| preset | device | precision | seq_len × batch | step (s) | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['seq_len']} × {r['batch_size']} "
+              f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} |")
+
+
+def add_bench_command(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (training throughput; serving: benchmarks/serve_bench.py)")
+    bs = p.add_subparsers(dest="what", required=True)
+    t = bs.add_parser("train", help="training tokens/s of a preset at each precision")
+    t.add_argument("--preset", default="cpu")
+    t.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, auto, fast")
+    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--steps", type=int, default=5)
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=lambda a: print_table(bench_train(a.preset, a.dtypes.split(","), a.seq_len, a.batch_size,
+                                                             a.steps, a.device)))
