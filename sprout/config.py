@@ -144,6 +144,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    from . import models  # noqa: F401  registers the presets of the other model families (MoE, ...)
+
     if name not in PRESETS:
         raise SystemExit(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
@@ -196,6 +198,8 @@ class TrainConfig:
     skip_invalid: bool = False
     pack: bool = True  # SFT: pack conversations (attention kept inside each) or pad one per row
     num_workers: int = 0
+    # stage-specific options read by the objective (LoRA rank, DPO beta, KD teacher, ...); see docs/<stage>.md
+    objective_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:

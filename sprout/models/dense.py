@@ -5,6 +5,8 @@
 
 The feed-forward slot is built by `make_ffn`, so a mixture-of-experts layer can drop in: an FFN
 module may set `self.aux_loss` during forward (e.g. load balancing) and the model adds it up.
+Other families (sprout.models.moe, deepseek_v3, qwen3_next) subclass `SproutForCausalLM` and
+override `make_layer` / `make_ffn` / `make_norm`; the forward pass, caching and I/O stay shared.
 """
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ def make_ffn(cfg: ModelConfig, layer_idx: int) -> nn.Module:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: nn.Module | None = None, ffn: nn.Module | None = None,
+                 norm: type[nn.Module] = RMSNorm):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = make_ffn(cfg, layer_idx)
+        self.input_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = attn if attn is not None else Attention(cfg, layer_idx)
+        self.post_attention_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = ffn if ffn is not None else make_ffn(cfg, layer_idx)
 
     def forward(self, x, cos, sin, mask, cache=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
@@ -46,12 +49,14 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     """The trunk; named `model` inside the LM so weight names read `model.layers.0...` as in transformers."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, make_layer=None, norm: type[nn.Module] = RMSNorm):
         super().__init__()
+        make_layer = make_layer or DecoderLayer
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.layers = nn.ModuleList(make_layer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = norm(cfg.hidden_size, cfg.rms_norm_eps)
+        # Families with partial/decoupled RoPE (MLA, Qwen3-Next) rotate only `rotary_dim` channels.
+        self.rotary_emb = RotaryEmbedding(getattr(cfg, "rotary_dim", cfg.head_dim), cfg.rope_theta)
 
 
 def build_attention_mask(
@@ -84,10 +89,16 @@ def build_attention_mask(
 
 
 class SproutForCausalLM(nn.Module):
+    norm_cls: type[nn.Module] = RMSNorm  # Qwen3-Next uses zero-centred (1 + w) norms
+
+    def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
+        """One decoder block; it must accept (x, cos, sin, mask, cache) and hold its FFN as `.mlp`."""
+        return DecoderLayer(cfg, layer_idx, norm=self.norm_cls)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.model = DecoderModel(cfg)
+        self.model = DecoderModel(cfg, self.make_layer, self.norm_cls)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -95,8 +106,16 @@ class SproutForCausalLM(nn.Module):
         # Scale residual output projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth at initialisation (GPT-2's trick).
         for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
+            if name.endswith(("o_proj.weight", "down_proj.weight", "out_proj.weight")):
                 nn.init.normal_(p, std=cfg.initializer_range / math.sqrt(2 * cfg.num_hidden_layers))
+        self._post_init()
+
+    def _post_init(self) -> None:
+        """Family-specific initialisation after the generic one (e.g. zero-centred norms)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers from the last forward pass worth logging (MoE expert load); none for dense models."""
+        return {}
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -121,6 +140,14 @@ class SproutForCausalLM(nn.Module):
         """input_ids [B, T]. position_ids default to past..past+T-1. doc_ids: packed documents.
         attention_mask [B, past+T]: 1 for real tokens (left padding in batched generation).
         last_only: compute logits for the last position only (decoding saves the big matmul)."""
+        x, aux = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
+        x = self.model.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux)
+
+    def trunk(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None):
+        """Embeddings and decoder layers: the last hidden state (before the final norm) and the summed aux loss."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -136,10 +163,7 @@ class SproutForCausalLM(nn.Module):
                 aux = layer_aux if aux is None else aux + layer_aux
         if cache is not None:
             cache.advance(T)
-        x = self.model.norm(x)
-        if last_only:
-            x = x[:, -1:]
-        return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux)
+        return x, aux
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **kw) -> torch.Tensor:
         """Mean next-token cross-entropy; labels are already shifted, -100 = ignored."""

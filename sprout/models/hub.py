@@ -61,6 +61,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
         state.pop("lm_head.weight", None)  # tied: the head *is* the embedding matrix
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
+    # Training-only modules dropped on export (e.g. DeepSeek's multi-token-prediction heads) start fresh.
+    optional = tuple(getattr(model, "training_only_prefixes", ()))
+    missing = [m for m in missing if not (optional and m.startswith(optional))]
     if missing or unexpected:
         raise SystemExit(f"{folder}: weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device=device, dtype=dtype)
@@ -70,7 +73,9 @@ def save_model(model: nn.Module, folder: str | Path, generation_config: dict | N
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    optional = tuple(getattr(model, "training_only_prefixes", ()))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+             if not (optional and k.startswith(optional))}
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # transformers re-ties it on load
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import KVCache
+from .rope import RotaryEmbedding  # noqa: F401
 
 
 class RMSNorm(nn.Module):
@@ -28,23 +29,7 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding. Returns cos/sin for given positions, shape [B, T, head_dim].
-
-    Frequencies: inv_freq_i = theta^(-2i/d). The "rotate half" layout (first half of the head
-    pairs with the second half) matches transformers, so our weights mean the same thing there.
-    """
-
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq  # [B, T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+# RotaryEmbedding lives in rope.py (with linear / NTK / YaRN scaling); re-exported here.
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,10 @@ class CausalLMObjective(Objective):
         if out.aux_loss is not None:
             loss = loss + out.aux_loss
             metrics["aux_loss"] = out.aux_loss.detach()
+        # Model-reported numbers (e.g. per-layer MoE expert load); empty for dense models.
+        report = getattr(getattr(model, "module", model), "metrics", None)
+        if callable(report):
+            metrics.update(report())
         return loss, metrics
 
     def data_source(self) -> str:

@@ -1,0 +1,69 @@
+"""DeepSeek-V3 family: MLA with a compressed cache, DeepSeek MoE, MTP heads, and interop with transformers."""
+import torch
+from transformers import AutoModelForCausalLM
+
+from sprout.config import model_preset
+from sprout.infer.generate import SamplingConfig, generate
+from sprout.models import build_model, load_model, save_model
+from sprout.models.deepseek_v3 import LatentCache
+
+
+def tiny_ds(**kw):
+    torch.manual_seed(0)
+    model = build_model(model_preset("tiny-deepseekv3", **kw)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                layer.mlp.gate.e_score_correction_bias.uniform_(-0.05, 0.05)
+    return model
+
+
+def test_cache_stores_only_the_latent_and_decoding_equals_full_forward():
+    model = tiny_ds()
+    x = torch.randint(3, 512, (2, 20))
+    with torch.no_grad():
+        full = model(x).logits
+        cache = model.new_cache(2, 32)
+        assert isinstance(cache, LatentCache) and cache.c[0].shape == (2, 32, 16) and cache.kr[0].shape == (2, 32, 8)
+        steps = [model(x[:, :12], cache=cache).logits]
+        for t in range(12, 20):
+            steps.append(model(x[:, t:t + 1], cache=cache).logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_training_forward_adds_mtp_and_balance_losses_and_updates_the_bias():
+    model = tiny_ds(aux_loss_alpha=0.01, bias_update_rate=0.01).train()
+    before = model.model.layers[1].mlp.gate.e_score_correction_bias.clone()
+    out = model(torch.randint(3, 512, (2, 16)))
+    m = model.metrics()
+    assert out.aux_loss is not None and out.aux_loss > 0.3 * m["mtp_loss"] * 0.99
+    assert "moe/L1/max_min" in m and "moe/L0/max_min" not in m  # layer 0 is dense
+    assert not torch.equal(before, model.model.layers[1].mlp.gate.e_score_correction_bias)
+    out.aux_loss.backward()
+    assert model.mtp[0].eh_proj.weight.grad is not None
+
+
+def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_path):
+    model = tiny_ds()
+    save_model(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "DeepseekV3ForCausalLM"
+    x = torch.randint(3, 512, (2, 33))
+    with torch.no_grad():
+        assert (model(x).logits - hf(x).logits).abs().max() < 1e-4
+        again = load_model(tmp_path)  # MTP heads are not exported; they start fresh on load
+        assert (again(x).logits - model(x).logits).abs().max() == 0
+    prompt = x[:1, :10]
+    theirs = hf.generate(prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0,
+                         eos_token_id=None, pad_token_id=0)
+    ours = generate(model, [prompt[0].tolist()], SamplingConfig(max_new_tokens=24, temperature=0, stop_token_ids=[]))
+    assert ours[0] == theirs[0, 10:].tolist()
+
+
+def test_exported_folder_has_no_mtp_weights(tmp_path):
+    from safetensors.torch import load_file
+    save_model(tiny_ds(), tmp_path)
+    assert not any(k.startswith("mtp.") for k in load_file(tmp_path / "model.safetensors"))
