@@ -67,7 +67,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
     from .infer.chat import ChatSession, run_chat
     from .infer.loading import load_for_inference
 
-    model, tok = load_for_inference(a.model, a.device)
+    model, tok = load_for_inference(a.model, a.device, a.rope_scaling)
     sampling = _sampling(a)
     run_chat(ChatSession(model, tok, sampling, system=a.system, thinking=a.think))
 
@@ -86,6 +86,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int)
+    p.add_argument("--rope-scaling", help="extend the context at inference: KIND:FACTOR[:TRAINED_LEN], "
+                                          "KIND in linear, ntk, yarn (e.g. yarn:4:512)")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
