@@ -90,12 +90,6 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                                           "KIND in linear, ntk, yarn (e.g. yarn:4:512)")
 
 
-def cmd_eval(a: argparse.Namespace) -> None:
-    from .eval.run import run_eval
-
-    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device)
-
-
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from .speedrun import speedrun
 
@@ -147,19 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     from .bench import add_bench_command
+    from .eval.report import add_report_command
+    from .eval.run import add_eval_command
     from .infer.server import add_serve_command
 
     add_serve_command(sub)
+    add_eval_command(sub)
+    add_report_command(sub)
     add_bench_command(sub)
 
-    p = sub.add_parser("eval", help="held-out loss/perplexity, insuranceqa answer selection, samples")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
-    p.add_argument("--data", help="jsonl file for loss/perplexity (text or conversations)")
-    p.add_argument("--tasks", nargs="*", default=["insuranceqa-zh", "insuranceqa-en", "samples"])
-    p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_eval)
     return parser
 
 

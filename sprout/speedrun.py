@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from .config import build_train_config, load_recipe
-from .data.builtin import insuranceqa_choice, minimind_files, pretrain_texts, write_builtin
+from .data.builtin import minimind_files, pretrain_texts, write_builtin
 from .eval.choice import score_choices
+from .eval.tasks import builtin_items
 from .eval.perplexity import dataset_loss
-from .eval.plots import plot_loss_curves
+from .eval.report import build_report
 from .eval.samples import generate_samples, sample_questions
 from .infer.loading import load_for_inference
 from .tokenizer import Tokenizer, train_tokenizer
@@ -89,10 +90,9 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
     (out / "eval.json").write_text(json.dumps(results, ensure_ascii=False, indent=2))
 
     # 6. report
-    plot_loss_curves({"pretrain": base_dir, "sft": chat_dir}, out / "loss_curves.png", title=f"speedrun ({recipe})")
-    write_report(out, results, recipe)
+    html_report, _ = write_report(out, results, recipe)
     _log(f"done in {timings['total_s'] / 60:.1f} min")
-    print(f"  report:     {out / 'report.md'}")
+    print(f"  report:     {html_report}  (and report.md beside it)")
     print(f"  chat model: {chat_dir}")
     print(f"  chat with:  sprout chat --model {chat_dir}")
     return chat_dir
@@ -110,36 +110,15 @@ def evaluate(base_dir: Path, chat_dir: Path, sft_cfg, n_questions: int) -> dict:
     model, tok = load_for_inference(str(chat_dir))
     results["choice"] = []
     with torch.inference_mode():
-        for lang in ("zh", "en"):
-            items = insuranceqa_choice("valid", lang)[:n_questions]
-            results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, f"insuranceqa-{lang}")]
+        for task in ("insuranceqa-zh", "insuranceqa-en", "idiom-zh"):
+            items = builtin_items(task, n_questions)
+            results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, task)]
         results["samples"] = generate_samples(model, tok, sample_questions())
     return results
 
 
-def write_report(out: Path, results: dict, recipe: str) -> Path:
-    vl = results["val_loss"]
-    lines = [
-        f"# sprout speedrun report ({recipe})", "",
-        "![loss curves](loss_curves.png)", "",
-        "## Held-out loss on the SFT validation split (assistant tokens only)", "",
-        "| model | loss | perplexity | tokens |", "|---|---|---|---|",
-    ]
-    lines += [f"| {k} | {v['loss']:.3f} | {v['ppl']:.1f} | {v['tokens']} |" for k, v in vl.items()]
-    lines += ["", "## insuranceqa answer selection (gold vs 3 same-domain negatives, validation split)", "",
-              "| task | scoring | accuracy | 95% CI | n | chance |", "|---|---|---|---|---|---|"]
-    for r in results["choice"]:
-        lines.append(f"| {r['task']} | {r['method']} | {r['accuracy']:.1%} | {r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} "
-                     f"| {r['total']} | {r['chance']:.0%} |")
-    lines += ["", "`mean`: mean log-probability of the answer given the question. `pmi`: the same minus the answer's "
-              "mean log-probability without the question (what the question adds).", "", "## Samples", ""]
-    for s in results["samples"]:
-        lines += [f"**[{s['lang']}] {s['question']}**", "",
-                  f"> {s['answer']}".replace("\n", "\n> "), "",
-                  f"(answer language: {s['answer_lang']}, repeated 4-gram rate {s['repeated_4gram_rate']}, "
-                  f"{s['tokens']} tokens{'' if s['finished'] else ', cut at the limit'})", ""]
-    tm = results["timings"]
-    lines += ["## Time", "", " · ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in tm.items()), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+def write_report(out: Path, results: dict, recipe: str) -> tuple[Path, Path]:
+    """The run report (sprout/eval/report.py): report.html (self-contained) and report.md in OUT,
+    with loss / learning-rate / gradient-norm / throughput plots per stage, the recipe's reference
+    curves, config, data summary, and the evaluation in OUT/eval.json (`results`, already written)."""
+    return build_report(out, recipe=recipe, title=f"sprout speedrun report ({recipe})")

@@ -48,8 +48,10 @@ def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[li
     return [(ctx, tokenizer.encode(opt) + [end]) for opt in options]
 
 
-def score_choices(model: nn.Module, tokenizer, items: list[dict], task: str, batch_size: int = 16) -> list[ChoiceResult]:
-    """items: {question, options, answer}. Returns results for the `mean` and `pmi` methods."""
+def score_choices(model: nn.Module, tokenizer, items: list[dict], task: str, batch_size: int = 16,
+                  return_scores: bool = False):
+    """items: {question, options, answer}. Returns results for the `mean` and `pmi` methods
+    (and, with `return_scores`, each item's {"mean": [...], "pmi": [...]} option scores)."""
     cond_pairs, uncond_pairs = [], []
     for it in items:
         cond_pairs += _answer_pairs(tokenizer, it["question"], it["options"])
@@ -58,12 +60,15 @@ def score_choices(model: nn.Module, tokenizer, items: list[dict], task: str, bat
     uncond = continuation_logprobs(model, uncond_pairs, batch_size)
     correct = {"mean": 0, "pmi": 0}
     k = 0
+    per_item = []
     for it in items:
         n = len(it["options"])
         mean = [cond[k + j][0] / cond[k + j][1] for j in range(n)]
         pmi = [mean[j] - uncond[k + j][0] / uncond[k + j][1] for j in range(n)]
         k += n
+        per_item.append({"mean": mean, "pmi": pmi})
         for name, scores in (("mean", mean), ("pmi", pmi)):
             correct[name] += int(max(range(n), key=scores.__getitem__) == it["answer"])
-    chance = 1 / len(items[0]["options"]) if items else 0.0
-    return [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("mean", "pmi")]
+    chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)  # expected accuracy of guessing
+    results = [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("mean", "pmi")]
+    return (results, per_item) if return_scores else results

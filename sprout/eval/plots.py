@@ -16,7 +16,10 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     path = Path(run_dir) / "metrics.jsonl"
     for line in path.read_text().splitlines():
         if line.strip():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a run still writing its last line
+                continue
             (val if row.get("split") == "val" else train).append(row)
     return train, val
 

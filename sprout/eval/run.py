@@ -1,50 +1,63 @@
-"""`sprout eval --model DIR`: loss / perplexity / bits per byte on a file, answer selection, samples.
+"""`sprout eval --model DIR`: loss / perplexity / bits per byte on a file, multiple-choice
+benchmark files (C-Eval / CMMLU / MMLU style), built-in answer-selection tasks, samples.
 
-Writes eval.json and eval.md into --out (default MODEL/eval).
+Writes eval.json and eval.md into --out (default MODEL/eval). See docs/eval.md.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from ..data.builtin import insuranceqa_choice
 from ..data.readers import read_records
-from ..infer.loading import load_for_inference
 from ..tokenizer import normalize_record
 from .choice import score_choices
 from .samples import generate_samples, sample_questions
 from .scoring import continuation_logprobs
+from .tasks import BUILTIN_TASKS, builtin_items
+
+DEFAULT_TASKS = ["insuranceqa-zh", "insuranceqa-en", "idiom-zh", "samples"]
 
 
-def text_loss(model, tokenizer, path: str, max_docs: int = 500, window: int = 512) -> dict:
-    """Loss, perplexity and bits per byte of every token of the file's documents.
-
-    jsonl `text` records are scored whole; conversation records are scored on their rendered
-    chat text. Each document is cut into windows of `window` tokens, each predicted from the
-    tokens before it inside the window. Bits per byte = total nats / ln 2 / UTF-8 bytes, which
-    (unlike perplexity) compares models with different tokenizers."""
-    pairs, n_bytes = [], 0
+def _documents(tokenizer, path: str, max_docs: int) -> list[str]:
+    """Plain text (.txt/.md: the whole file is one document) or jsonl/json/parquet records
+    (`text` scored whole, conversations scored on their rendered chat text)."""
+    if Path(path).suffix.lower() in (".txt", ".md"):
+        return [Path(path).read_text(encoding="utf-8")]
+    docs = []
     for i, rec in enumerate(read_records(path, "pretrain" if _is_text_file(path) else "sft")):
         if i >= max_docs:
             break
         if "text" in rec:
-            text = rec["text"]
+            docs.append(rec["text"])
         else:
             messages, tools = normalize_record(rec)
-            text = tokenizer.apply_chat_template(messages, tools=tools)
+            docs.append(tokenizer.apply_chat_template(messages, tools=tools))
+    return docs
+
+
+def text_loss(model, tokenizer, path: str, max_docs: int = 500, window: int = 512, batch_size: int = 8) -> dict:
+    """Loss, perplexity and bits per byte of every token of the file's documents.
+
+    Each document is preceded by `<|endoftext|>` and cut into windows of `window` tokens, each
+    predicted from the tokens before it inside the window.
+    loss = nats / tokens, perplexity = exp(loss), bits per byte = nats / ln 2 / UTF-8 bytes —
+    the last one (unlike perplexity) compares models with different tokenizers."""
+    pairs, n_bytes = [], 0
+    for text in _documents(tokenizer, path, max_docs):
         n_bytes += len(text.encode("utf-8"))
         ids = [tokenizer.pad_id] + tokenizer.encode(text)  # <|endoftext|> as the first context token
         for s in range(0, len(ids) - 1, window):
             chunk = ids[s:s + window + 1]
             pairs.append((chunk[:1], chunk[1:]))
-    scored = continuation_logprobs(model, pairs, batch_size=8)
+    scored = continuation_logprobs(model, pairs, batch_size=batch_size)
     nats = -sum(lp for lp, _ in scored)
     tokens = sum(n for _, n in scored)
     loss = nats / max(tokens, 1)
-    return {"file": path, "loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": tokens,
+    return {"file": str(path), "loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": tokens, "bytes": n_bytes,
             "bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
 
 
@@ -54,43 +67,109 @@ def _is_text_file(path: str) -> bool:
 
 
 def run_eval(model_dir: str, out: str | None = None, data: str | None = None, tasks: list[str] | None = None,
-             limit: int = 300, device: str = "auto") -> dict:
-    model, tok = load_for_inference(model_dir, device)
+             limit: int = 300, device: str = "auto", mc: list[str] | None = None, mc_dev: str | None = None,
+             shots: int = 0, seed: int = 0, model=None, tokenizer=None, quiet: bool = False,
+             rope_scaling: str | None = None) -> dict:
+    """Evaluate a model folder; write OUT/eval.json and OUT/eval.md; return the results dict.
+
+    `model`/`tokenizer` may be passed in already loaded (tests, the speedrun)."""
+    from .multiple_choice import load_mc_file, score_multiple_choice
+
+    if model is None:
+        from ..infer.loading import load_for_inference
+
+        model, tokenizer = load_for_inference(model_dir, device, rope_scaling)
     out_dir = Path(out or Path(model_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": model_dir}
-    tasks = tasks or []
+    results: dict = {"model": str(model_dir)}
+    tasks = list(DEFAULT_TASKS if tasks is None else tasks)
+    for task in tasks:
+        if task != "samples" and task not in BUILTIN_TASKS:
+            raise SystemExit(f"unknown task {task!r}; available: {', '.join(BUILTIN_TASKS)}, samples")
     with torch.inference_mode():
         if data:
-            results["text"] = text_loss(model, tok, data)
+            results["text"] = text_loss(model, tokenizer, data)
         results["choice"] = []
         for task in tasks:
-            if task.startswith("insuranceqa-"):
-                lang = task.split("-", 1)[1]
-                items = insuranceqa_choice("valid", lang)[:limit]
-                results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, task)]
-            elif task != "samples":
-                raise SystemExit(f"unknown task {task!r}; available: insuranceqa-zh, insuranceqa-en, samples")
+            if task == "samples":
+                continue
+            items = builtin_items(task, limit, seed=seed)
+            results["choice"] += [r.as_dict() for r in score_choices(model, tokenizer, items, task)]
+        dev = load_mc_file(mc_dev) if mc_dev else None
+        for path in mc or []:
+            items = load_mc_file(path)[:limit]
+            name = Path(path).stem + (f" ({shots}-shot)" if shots else "")
+            results["choice"] += [r.as_dict() for r in
+                                  score_multiple_choice(model, tokenizer, items, name, dev, shots, seed)]
         if "samples" in tasks:
-            results["samples"] = generate_samples(model, tok, sample_questions())
+            results["samples"] = generate_samples(model, tokenizer, sample_questions())
     (out_dir / "eval.json").write_text(json.dumps(results, ensure_ascii=False, indent=2))
-    (out_dir / "eval.md").write_text(format_markdown(results))
-    print(format_markdown(results))
+    md = format_markdown(results)
+    (out_dir / "eval.md").write_text(md)
+    if not quiet:
+        print(md)
     return results
 
 
+# ---- markdown ---------------------------------------------------------------------------------
+
+def choice_table_md(choice: list[dict]) -> list[str]:
+    lines = ["| task | scoring | accuracy | 95% CI | n | chance |", "|---|---|---|---|---|---|"]
+    for r in choice:
+        lines.append(f"| {r['task']} | {r['method']} | {r['accuracy']:.1%} | "
+                     f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} | {r['total']} | {r['chance']:.0%} |")
+    return lines
+
+
+def samples_md(samples: list[dict]) -> list[str]:
+    lines = []
+    for s in samples:
+        lines += [f"**[{s['lang']}] {s['question']}**", "", "> " + s["answer"].replace("\n", "\n> "), "",
+                  f"(answer language: {s.get('answer_lang')}, repeated 4-gram rate {s.get('repeated_4gram_rate')}, "
+                  f"{s.get('tokens')} tokens{'' if s.get('finished', True) else ', cut at the limit'})", ""]
+    return lines
+
+
 def format_markdown(results: dict) -> str:
-    lines = [f"# Evaluation of {results['model']}", ""]
+    lines = [f"# Evaluation of {results.get('model', '')}", ""]
     if "text" in results:
         t = results["text"]
-        lines += [f"**{t['file']}**: loss {t['loss']:.3f}, perplexity {t['ppl']:.1f}, "
+        lines += [f"**{t['file']}**: loss {t['loss']:.3f} nats/token, perplexity {t['ppl']:.1f}, "
                   f"{t['bits_per_byte']:.3f} bits/byte over {t['tokens']} tokens", ""]
     if results.get("choice"):
-        lines += ["| task | scoring | accuracy | 95% CI | n | chance |", "|---|---|---|---|---|---|"]
-        for r in results["choice"]:
-            lines.append(f"| {r['task']} | {r['method']} | {r['accuracy']:.1%} | "
-                         f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} | {r['total']} | {r['chance']:.0%} |")
-        lines.append("")
-    for s in results.get("samples", []):
-        lines += [f"**[{s['lang']}] {s['question']}**", "", "> " + s["answer"].replace("\n", "\n> "), ""]
+        lines += choice_table_md(results["choice"]) + [""]
+    lines += samples_md(results.get("samples", []))
     return "\n".join(lines)
+
+
+# ---- command line (wired into sprout/cli.py) ---------------------------------------------------
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
+    p.add_argument("--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / "
+                                   "bits per byte")
+    p.add_argument("--tasks", nargs="*", default=DEFAULT_TASKS,
+                   help=f"built-in tasks: {', '.join(BUILTIN_TASKS)}, samples (pass none: --tasks)")
+    p.add_argument("--mc", nargs="*", default=[], metavar="FILE",
+                   help="C-Eval/CMMLU/MMLU-style csv or jsonl files (question, A, B, C, D, answer)")
+    p.add_argument("--mc-dev", metavar="FILE", help="few-shot examples for --mc (default: the same file minus the item)")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples per --mc question")
+    p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
+    p.add_argument("--seed", type=int, default=0, help="seed for built-in task negatives and few-shot draws")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--rope-scaling", help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the "
+                                          "training length, e.g. yarn:4:512")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device, mc=a.mc,
+             mc_dev=a.mc_dev, shots=a.shots, seed=a.seed, rope_scaling=a.rope_scaling)
+
+
+def add_eval_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="perplexity / bits per byte, multiple-choice benchmarks, built-in tasks, "
+                                           "samples")
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+    return p
