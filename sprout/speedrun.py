@@ -103,12 +103,16 @@ def evaluate(base_dir: Path, chat_dir: Path, sft_cfg, n_questions: int) -> dict:
     results: dict = {"val_loss": {}}
     tok = Tokenizer.load(chat_dir)
     _, val = build_objective(sft_cfg).datasets(tok)
+    results["choice"] = []
     for name, folder in (("base", base_dir), ("chat", chat_dir)):
         model, _ = load_for_inference(str(folder))
         with torch.inference_mode():
             results["val_loss"][name] = dataset_loss(model, val)
+            if name == "base":  # what SFT adds to answer selection, beside what the scoring method adds
+                for task in ("insuranceqa-zh", "insuranceqa-en"):
+                    items = builtin_items(task, n_questions)
+                    results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, f"{task} (base model)")]
     model, tok = load_for_inference(str(chat_dir))
-    results["choice"] = []
     with torch.inference_mode():
         for task in ("insuranceqa-zh", "insuranceqa-en", "idiom-zh"):
             items = builtin_items(task, n_questions)
