@@ -1,6 +1,6 @@
 """The `sprout` command: parse arguments, then call one function per verb.
 
-Imports happen inside each verb so `sprout --help` is instant and a verb only loads what it uses.
+Verbs import their implementation when they run; feature modules only register their arguments here.
 """
 from __future__ import annotations
 
@@ -64,12 +64,11 @@ def cmd_data_validate(a: argparse.Namespace) -> None:
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
-    from .infer.chat import ChatSession, run_chat
-    from .infer.loading import load_for_inference
+    from .infer.chat import ChatSession, load_chat_model, run_chat
+    from .post_cli import chat_tools
 
-    model, tok = load_for_inference(a.model, a.device, a.rope_scaling)
-    sampling = _sampling(a)
-    run_chat(ChatSession(model, tok, sampling, system=a.system, thinking=a.think))
+    model, tok = load_chat_model(a.model, a.lora, a.device, a.rope_scaling)
+    run_chat(ChatSession(model, tok, _sampling(a), system=a.system, thinking=a.think, tools=chat_tools(a.tools)))
 
 
 def _sampling(a: argparse.Namespace):
@@ -97,6 +96,13 @@ def cmd_speedrun(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Each feature module contributes its own subcommand (their imports are light: argparse only).
+    from .bench import add_bench_command
+    from .eval.report import add_report_command
+    from .eval.run import add_eval_command
+    from .infer.server import add_serve_command
+    from .post_cli import add_chat_flags, add_post_training_commands
+
     parser = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -138,17 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False, help="let the model think first")
     p.add_argument("--device", default="auto")
     _add_sampling_flags(p)
+    add_chat_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    from .bench import add_bench_command
-    from .eval.report import add_report_command
-    from .eval.run import add_eval_command
-    from .infer.server import add_serve_command
 
     add_serve_command(sub)
     add_eval_command(sub)
     add_report_command(sub)
     add_bench_command(sub)
+    add_post_training_commands(sub)
 
     return parser
 

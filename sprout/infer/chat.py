@@ -2,9 +2,14 @@
 
 Commands typed at the prompt: /reset (forget the conversation), /think on|off, /system TEXT,
 /quit (or Ctrl-D). Thinking, when the model produces it, is shown dimmed and is not kept in history.
+
+With `tools` (OpenAI-style specs, e.g. `sprout.tools.tool_specs()`), a reply that contains
+`<tool_call>` blocks is answered by running those tools (sprout.tools.run_tool), appending the
+results as `tool` messages and generating again, up to `max_tool_rounds` times per user turn.
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, TextIO
@@ -12,6 +17,7 @@ from typing import Callable, Iterator, TextIO
 import torch
 from torch import nn
 
+from ..tools import parse_tool_calls, run_tool
 from .generate import SamplingConfig, TextDecoder, generate_stream
 
 HELP = "commands: /reset  /think on|off  /system TEXT  /quit"
@@ -24,6 +30,8 @@ class ChatSession:
     sampling: SamplingConfig
     system: str | None = None
     thinking: bool = False
+    tools: list[dict] | None = None  # tool specs the model may call; None = no tool execution
+    max_tool_rounds: int = 3
 
     def __post_init__(self) -> None:
         self.history: list[dict] = []
@@ -31,25 +39,46 @@ class ChatSession:
     def reset(self) -> None:
         self.history = []
 
-    def prompt_ids(self, user_text: str) -> list[int]:
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-        messages = messages + [{"role": "user", "content": user_text}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=self.thinking)
+    def _ids(self, messages: list[dict]) -> list[int]:
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + messages
+        text = self.tokenizer.apply_chat_template(messages, tools=self.tools or None, add_generation_prompt=True,
+                                                  enable_thinking=self.thinking)
         return self.tokenizer.encode(text)
 
-    def reply_stream(self, user_text: str) -> Iterator[str]:
-        """Yield the reply's text as it is generated; the finished turn is appended to history."""
-        decoder = TextDecoder(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False))
+    def prompt_ids(self, user_text: str) -> list[int]:
+        return self._ids(self.history + [{"role": "user", "content": user_text}])
+
+    def _generate(self, ids: list[int]) -> Iterator[str]:
+        decoder = TextDecoder(lambda t: self.tokenizer.decode(t, skip_special_tokens=False))
         stops = set(self.sampling.stop_token_ids)
-        text = ""
-        for step in generate_stream(self.model, [self.prompt_ids(user_text)], self.sampling):
+        for step in generate_stream(self.model, [ids], self.sampling):
             tok = step[0]
             if tok is None or tok in stops:
                 break
-            piece = decoder.push(tok)
-            text += piece
-            yield piece
-        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": split_thinking(text)[1]}]
+            yield decoder.push(tok)
+
+    def reply_stream(self, user_text: str) -> Iterator[str]:
+        """Yield the reply's text as it is generated; the finished turn is appended to history.
+        Tool calls (when tools are set) are executed and shown as `[tool NAME(ARGS) -> RESULT]` lines."""
+        turn: list[dict] = [{"role": "user", "content": user_text}]
+        for round_ in range(self.max_tool_rounds + 1):
+            text = ""
+            for piece in self._generate(self._ids(self.history + turn)):
+                text += piece
+                yield piece
+            answer = split_thinking(text)[1]
+            calls = parse_tool_calls(answer) if self.tools else []
+            if not calls or round_ == self.max_tool_rounds:
+                turn.append({"role": "assistant", "content": answer})
+                break
+            content = answer.split("<tool_call>", 1)[0].strip()
+            turn.append({"role": "assistant", "content": content,
+                         "tool_calls": [{"name": c["name"] or "invalid", "arguments": c["arguments"]} for c in calls]})
+            for c in calls:
+                result = c.get("error") or run_tool(c["name"], c["arguments"])
+                turn.append({"role": "tool", "content": result})
+                yield f"\n[tool {c['name']}({json.dumps(c['arguments'], ensure_ascii=False)}) -> {result}]\n"
+        self.history += turn
 
 
 def split_thinking(text: str) -> tuple[str, str]:
@@ -103,3 +132,16 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input, out: Text
         if in_think and out.isatty():
             out.write("\033[0m")
         out.write("\n")
+
+
+def load_chat_model(model_dir: str, lora: str | None = None, device: str = "auto", rope_scaling: str | None = None):
+    """(model, tokenizer) for chat; with `lora`, the adapter folder is applied unmerged on top of the base."""
+    from .loading import load_for_inference
+
+    model, tok = load_for_inference(model_dir, device, rope_scaling)
+    if lora:
+        from ..train.lora import load_adapter
+
+        load_adapter(model, lora)
+        model.eval()
+    return model, tok

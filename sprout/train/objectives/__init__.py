@@ -31,5 +31,6 @@ def build_objective(cfg) -> Objective:
 
 # Built-in stages register themselves on import.
 from . import lm  # noqa: E402,F401
+from . import distill, dpo, lora, reasoning  # noqa: E402,F401  (post-training stages)
 
 __all__ = ["OBJECTIVES", "Objective", "build_objective", "get_objective", "move_batch", "register"]

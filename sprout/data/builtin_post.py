@@ -1,0 +1,273 @@
+"""Built-in data for the post-training stages, generated from installed packages and code.
+
+- identity:  who the model is (name, maker), zh + en, templated questions and answers;
+- domain:    insurance questions and answers (insuranceqa train split) for a domain adapter;
+- dpo:       preference pairs, gold insuranceqa answer as chosen and one of the question's own
+             same-domain negatives as rejected, zh + en; split "train" from the train split,
+             "heldout" from the valid split (never used for training);
+- reasoning: arithmetic word problems whose steps sit in `reasoning_content` (rendered inside
+             <think>…</think>), mixed with the same kind of question answered without thinking;
+- tools:     conversations where the assistant calls calculator / unit_convert / date_calc, the
+             tool result is the *real* output of sprout.tools, and the final answer quotes it.
+
+`write_post_builtin(name, path, **kw)` writes any of them as jsonl in the normal SFT / DPO format.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NAME = {"en": "Sprig", "zh": "小枝"}
+DEFAULT_MAKER = {"en": "the Greenhouse Lab", "zh": "温室实验室"}
+
+_ID_Q = {
+    "en": ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.", "Who made you?",
+           "Who created you?", "Tell me about yourself.", "What should I call you?", "Are you ChatGPT?",
+           "Which company built you?", "Hi! Who am I talking to?", "What are you?"],
+    "zh": ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "谁开发了你？", "你是谁创造的？", "我该怎么称呼你？",
+           "你是ChatGPT吗？", "你是哪个公司做的？", "你好，请问你是谁？", "说说你自己吧。", "你的名字是什么？", "你是什么？"],
+}
+_ID_A = {
+    "en": ["I am {name}, a small language model made by {maker}.",
+           "My name is {name}. I was built by {maker}.",
+           "I'm {name}, an assistant created by {maker}. How can I help?",
+           "You can call me {name}. {maker_cap} trained me."],
+    "zh": ["我是{name}，由{maker}开发的小型语言模型。", "我叫{name}，是{maker}训练的助手。",
+           "我是{name}，{maker}创造了我。有什么可以帮你？", "你可以叫我{name}，我来自{maker}。"],
+}
+
+
+def identity_records(name: dict[str, str] | str | None = None, maker: dict[str, str] | str | None = None,
+                     repeats: int = 4, seed: int = 0) -> list[dict]:
+    """Every question x answer template, `repeats` shuffled copies (a tiny set; LoRA learns it in a minute)."""
+    names = {"en": name, "zh": name} if isinstance(name, str) else (name or DEFAULT_NAME)
+    makers = {"en": maker, "zh": maker} if isinstance(maker, str) else (maker or DEFAULT_MAKER)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(repeats):
+        for lang in ("en", "zh"):
+            for q in _ID_Q[lang]:
+                a = rng.choice(_ID_A[lang]).format(name=names[lang], maker=makers[lang],
+                                                   maker_cap=makers[lang][:1].upper() + makers[lang][1:])
+                out.append({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    rng.shuffle(out)
+    return out
+
+
+def domain_records(limit: int = 3000, seed: int = 0) -> list[dict]:
+    from .builtin import insuranceqa_train_pairs
+
+    pairs = list(insuranceqa_train_pairs())
+    random.Random(seed).shuffle(pairs)
+    out = []
+    for qz, qe, az, ae in pairs[: limit // 2]:
+        out.append({"conversations": [{"role": "user", "content": qe}, {"role": "assistant", "content": ae}]})
+        out.append({"conversations": [{"role": "user", "content": qz}, {"role": "assistant", "content": az}]})
+    return out
+
+
+def _trim(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0]
+
+
+def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max_chars: int = 400) -> list[dict]:
+    """`{"chosen": [...], "rejected": [...]}` in zh and en. split "train" (insuranceqa train questions
+    that share nothing with valid/test) or "heldout" (insuranceqa valid). Answers are cut to
+    `max_chars` characters so pairs fit a short seq_len (both sides cut the same way)."""
+    import ast
+
+    from .builtin import _answer, _heldout, _iqa, _question
+
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    data = _iqa()["train" if split == "train" else "valid"]
+    held_q, held_a = _heldout() if split == "train" else (frozenset(), frozenset())
+    rng = random.Random(seed)
+    out = []
+    for qid in sorted(data, key=int):
+        item = data[qid]
+        gold = item["answers"]
+        gold = ast.literal_eval(gold) if isinstance(gold, str) else list(gold)
+        negs = item["negatives"]
+        negs = ast.literal_eval(negs) if isinstance(negs, str) else list(negs)
+        gold = [a for a in gold if a not in held_a]
+        negs = [a for a in negs if a not in gold and a not in held_a]
+        if not gold or not negs:
+            continue
+        for lang in ("en", "zh"):
+            q = _question(item, lang)
+            if split == "train" and q in held_q:
+                continue
+            chosen, rejected = _trim(_answer(gold[0], lang), max_chars), _trim(_answer(rng.choice(negs), lang), max_chars)
+            if not q or not chosen or not rejected or chosen == rejected:
+                continue
+            user = {"role": "user", "content": q}
+            out.append({"chosen": [user, {"role": "assistant", "content": chosen}],
+                        "rejected": [user, {"role": "assistant", "content": rejected}]})
+        if limit is not None and len(out) >= limit:
+            break
+    return out[:limit] if limit else out
+
+
+# ---- reasoning --------------------------------------------------------------------------------
+def _reasoning_item(rng: random.Random) -> tuple[str, str, str]:
+    """(question, reasoning, answer) for a small templated word problem; the arithmetic is done here."""
+    kind = rng.randrange(3)
+    lang = rng.choice(("en", "zh"))
+    a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
+    if kind == 0:
+        total = a + b
+        if lang == "en":
+            return (f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+                    f"He starts with {a} apples. He buys {b} more. {a} + {b} = {total}.",
+                    f"Tom has {total} apples.")
+        return (f"小明有{a}个苹果，又买了{b}个。他现在有几个苹果？",
+                f"原来有{a}个，又买了{b}个。{a} + {b} = {total}。", f"小明现在有{total}个苹果。")
+    if kind == 1:
+        total = a * c
+        if lang == "en":
+            return (f"A box holds {a} pens. How many pens are in {c} boxes?",
+                    f"Each box holds {a} pens and there are {c} boxes. {a} * {c} = {total}.",
+                    f"There are {total} pens.")
+        return (f"一盒有{a}支笔，{c}盒一共有多少支笔？", f"每盒{a}支，共{c}盒。{a} * {c} = {total}。",
+                f"一共有{total}支笔。")
+    big, small = max(a, b) + c, min(a, b)
+    left = big - small
+    if lang == "en":
+        return (f"There are {big} birds on a tree. {small} fly away. How many are left?",
+                f"Start with {big} birds. {small} fly away. {big} - {small} = {left}.",
+                f"{left} birds are left.")
+    return (f"树上有{big}只鸟，飞走了{small}只，还剩几只？", f"原有{big}只，飞走{small}只。{big} - {small} = {left}。",
+            f"还剩{left}只鸟。")
+
+
+def reasoning_records(n: int = 3000, think_fraction: float = 0.7, seed: int = 0) -> list[dict]:
+    """Word problems; `think_fraction` of them carry their steps in reasoning_content, the rest answer
+    directly (an empty think block, exactly what `enable_thinking=False` puts in the prompt)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        q, r, a = _reasoning_item(rng)
+        msg: dict[str, Any] = {"role": "assistant", "content": a}
+        if rng.random() < think_fraction:
+            msg["reasoning_content"] = r
+        out.append({"conversations": [{"role": "user", "content": q}, msg]})
+    return out
+
+
+def reasoning_prompts(n: int = 50, seed: int = 12345) -> list[dict]:
+    """Held-out questions (another seed) with their true answers, for checking generations."""
+    rng = random.Random(seed)
+    return [{"question": q, "answer": a} for q, _, a in (_reasoning_item(rng) for _ in range(n))]
+
+
+# ---- tool use ---------------------------------------------------------------------------------
+_OPS = [("+", "plus", "加"), ("-", "minus", "减"), ("*", "times", "乘以")]
+
+
+def _arith_question(rng: random.Random) -> tuple[str, str, str]:
+    """(question, expression, lang)."""
+    sym, en, zh = rng.choice(_OPS)
+    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    expr = f"{a} {sym} {b}"
+    lang = rng.choice(("en", "zh"))
+    if lang == "en":
+        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {a} {sym} {b}.", f"What is {a} {sym} {b}?"])
+    else:
+        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {a} {sym} {b}。", f"{a} {sym} {b} 等于几？"])
+    return q, expr, lang
+
+
+def _final(lang: str, what: str, result: str) -> str:
+    return f"{what} = {result}. The answer is {result}." if lang == "en" else f"{what} = {result}。答案是 {result}。"
+
+
+def _call(name: str, args: dict) -> list[dict]:
+    return [{"type": "function", "function": {"name": name, "arguments": args}}]
+
+
+def tool_conversation(rng: random.Random, kind: str | None = None, all_tools: bool = False) -> dict:
+    """One tool-use conversation. The system turn lists only the tool it needs unless `all_tools`
+    (the full list costs ~450 more tokens per conversation, a lot for a CPU run)."""
+    from ..tools import run_tool, tool_specs
+
+    kind = kind or rng.choices(["calc", "unit", "date"], weights=[6, 2, 2])[0]
+    if kind == "calc":
+        q, expr, lang = _arith_question(rng)
+        name, args, what = "calculator", {"expression": expr}, expr
+    elif kind == "unit":
+        lang = rng.choice(("en", "zh"))
+        v = rng.randint(1, 500)
+        a, b = rng.choice([("km", "mile"), ("mile", "km"), ("kg", "lb"), ("lb", "kg"), ("celsius", "fahrenheit"),
+                           ("fahrenheit", "celsius"), ("m", "foot"), ("l", "gallon"), ("h", "min")])
+        q = f"Convert {v} {a} to {b}." if lang == "en" else f"把{v} {a}换算成{b}。"
+        name, args, what = "unit_convert", {"value": v, "from_unit": a, "to_unit": b}, f"{v} {a} in {b}"
+    else:
+        lang = rng.choice(("en", "zh"))
+        d = dt.date(2020, 1, 1) + dt.timedelta(days=rng.randint(0, 2500))
+        n = rng.randint(1, 400)
+        q = f"What date is {n} days after {d.isoformat()}?" if lang == "en" else f"{d.isoformat()}之后{n}天是哪一天？"
+        name, args, what = "date_calc", {"operation": "add_days", "date": d.isoformat(), "days": n}, \
+            f"{d.isoformat()} + {n} days"
+    result = run_tool(name, args)  # the real tool: every answer in the data is correct
+    return {
+        "tools": tool_specs() if all_tools else tool_specs([name]),
+        "conversations": [
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "", "tool_calls": _call(name, args)},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": _final(lang, what, result)},
+        ],
+    }
+
+
+def tool_records(n: int = 3000, seed: int = 0, all_tools: bool = False) -> list[dict]:
+    rng = random.Random(seed)
+    return [tool_conversation(rng, all_tools=all_tools) for _ in range(n)]
+
+
+def tool_eval_questions(n: int = 50, seed: int = 999, exclude: set[str] | None = None) -> list[dict]:
+    """Held-out arithmetic questions (another seed; any expression seen in training is skipped) with
+    the true value computed independently of the calculator (Python int arithmetic)."""
+    rng = random.Random(seed)
+    exclude = exclude if exclude is not None else {
+        c["conversations"][1]["tool_calls"][0]["function"]["arguments"].get("expression")
+        for c in tool_records() if c["conversations"][1]["tool_calls"][0]["function"]["name"] == "calculator"}
+    out = []
+    while len(out) < n:
+        q, expr, lang = _arith_question(rng)
+        if expr in exclude:
+            continue
+        a, op, b = expr.split()
+        a, b = int(a), int(b)
+        out.append({"question": q, "expression": expr, "answer": a + b if op == "+" else a - b if op == "-" else a * b})
+    return out
+
+
+# ---- writing ----------------------------------------------------------------------------------
+BUILDERS = {
+    "identity": identity_records,
+    "domain": domain_records,
+    "dpo": lambda **kw: dpo_pairs("train", **kw),
+    "dpo-heldout": lambda **kw: dpo_pairs("heldout", **kw),
+    "reasoning": reasoning_records,
+    "tools": tool_records,
+}
+
+
+def write_post_builtin(name: str, path: str | Path, **kw: Any) -> Path:
+    if name not in BUILDERS:
+        raise ValueError(f"no built-in post-training set {name!r}; choose one of {', '.join(BUILDERS)}")
+    records = BUILDERS[name](**kw)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""Export helpers: fold LoRA adapters into a standalone model (`sprout export merge-lora`)."""

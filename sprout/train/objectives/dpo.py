@@ -1,0 +1,254 @@
+"""`sprout train dpo`: direct preference optimisation on (chosen, rejected) conversation pairs.
+
+With r(y) = beta * (log pi(y|x) - log pi_ref(y|x)) summed over the response tokens:
+    sigmoid (DPO):  L = -log sigmoid(r(y_w) - r(y_l))
+    ipo:            L = (d - 1 / (2 beta))^2,  d = per-token-mean log-ratio difference (as TRL normalises it)
+
+Reference log-probabilities are computed once, before training, in one pass over the data with the
+starting model (or objective_args.ref_model) and stored with the tokenized dataset, so no second
+model sits in memory. objective_args.reference="frozen" keeps a frozen copy and scores every batch
+instead. objective_args: beta (0.1), loss ("sigmoid" | "ipo"), reference ("precompute" | "frozen"),
+ref_model (folder; default the starting model), val_data (held-out pairs; default built-in
+dpo-heldout), val_limit (400), limit (train pairs, default all).
+Metrics: rewards_chosen, rewards_rejected, margin, accuracy (fraction with r(y_w) > r(y_l)).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ...models import load_model
+from . import register
+from .base import Objective, move_batch
+from .post_data import post_data_source
+
+LOSSES = ("sigmoid", "ipo")
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid",
+             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean preference loss over the batch and its metrics; inputs are summed response log-probs [B]."""
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    if loss_type == "sigmoid":
+        per = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    elif loss_type == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("ipo needs the response token counts")
+        d = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        per = (d - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {loss_type!r}; choose one of {', '.join(LOSSES)}")
+    rc, rr = (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+    metrics = {"rewards_chosen": rc.mean(), "rewards_rejected": rr.mean(), "margin": (rc - rr).mean(),
+               "accuracy": (rc > rr).float().mean()}
+    return per.mean(), metrics
+
+
+def sequence_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(label) over labelled positions per row, and the number of those positions."""
+    kw = {"attention_mask": attention_mask} if attention_mask is not None else {}
+    logits = model(input_ids, **kw).logits.float()
+    mask = labels != -100
+    safe = labels.clamp(min=0)
+    logp = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def _last_turn_labels(ids: list[int], mask: list[bool]) -> list[int]:
+    """Shifted labels on the last assistant turn only (earlier turns are shared prompt)."""
+    end = len(mask)
+    while end > 0 and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    labels = [-100] * len(ids)
+    for t in range(max(start, 1), end):
+        labels[t - 1] = ids[t]
+    return labels
+
+
+class PairDataset(Dataset):
+    """Tokenized pairs: lists of token lists, plus reference log-probs once computed."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.d = data
+
+    def __len__(self) -> int:
+        return len(self.d["chosen"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: torch.tensor(self.d[k][i]) for k in ("chosen", "chosen_labels", "rejected", "rejected_labels")}
+        if "ref_chosen" in self.d:
+            item["ref_chosen"] = self.d["ref_chosen"][i]
+            item["ref_rejected"] = self.d["ref_rejected"][i]
+        return item
+
+
+def tokenize_pairs(records, tokenizer, seq_len: int) -> dict[str, Any]:
+    from ...tokenizer import normalize_record
+
+    out: dict[str, list] = {"chosen": [], "chosen_labels": [], "rejected": [], "rejected_labels": []}
+    for rec in records:
+        enc = {}
+        for side in ("chosen", "rejected"):
+            msgs, tools = normalize_record({"conversations": rec[side], "tools": rec.get("tools")})
+            ids, mask = tokenizer.encode_chat(msgs, tools)
+            ids, mask = ids[:seq_len], mask[:seq_len]
+            labels = _last_turn_labels(ids, mask)
+            if all(x == -100 for x in labels):
+                break
+            enc[side] = (ids, labels)
+        else:
+            for side in ("chosen", "rejected"):
+                out[side].append(enc[side][0])
+                out[f"{side}_labels"].append(enc[side][1])
+    return out
+
+
+def pad_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """[chosen rows; rejected rows] right-padded to the longest: input_ids, labels, attention_mask."""
+    seqs = [it["chosen"] for it in items] + [it["rejected"] for it in items]
+    labs = [it["chosen_labels"] for it in items] + [it["rejected_labels"] for it in items]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), T), -100, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    for r, (s, l) in enumerate(zip(seqs, labs)):
+        ids[r, :len(s)], labels[r, :len(l)], att[r, :len(s)] = s, l, 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": att}
+    if "ref_chosen" in items[0]:
+        batch["ref_chosen"] = torch.tensor([float(it["ref_chosen"]) for it in items])
+        batch["ref_rejected"] = torch.tensor([float(it["ref_rejected"]) for it in items])
+    return batch
+
+
+@register
+class DPOObjective(Objective):
+    name = "dpo"
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.cfg.objective_args or {}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.beta = float(self.args.get("beta", 0.1))
+        self.loss_type = self.args.get("loss", "sigmoid")
+        self.reference = self.args.get("reference", "precompute")
+        if self.loss_type not in LOSSES:
+            raise SystemExit(f"objective_args.loss must be one of {', '.join(LOSSES)}, got {self.loss_type!r}")
+        if self.reference not in ("precompute", "frozen"):
+            raise SystemExit(f"objective_args.reference must be precompute or frozen, got {self.reference!r}")
+        self.ref_model: nn.Module | None = None
+        self.policy: nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    def build_model(self, tokenizer: Any) -> nn.Module:
+        if not self.cfg.model:
+            raise SystemExit("dpo starts from a trained (SFT) model: give model=DIR")
+        return super().build_model(tokenizer)
+
+    def _reference(self) -> nn.Module:
+        if self.args.get("ref_model"):
+            return load_model(self.args["ref_model"], device=self.device).eval().requires_grad_(False)
+        return copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        self.policy, self.device = model, device
+        if self.reference == "frozen":
+            self.ref_model = self._reference()
+
+    # ---- data --------------------------------------------------------------------------
+    def _load_split(self, source: str, tokenizer: Any, split: str, limit: int | None) -> PairDataset:
+        from ...data.readers import read_records
+        from ...data.tokenized import tokenizer_fingerprint
+
+        p = Path(source)
+        key = json.dumps([str(p.resolve()), p.stat().st_mtime_ns if p.is_file() else 0, self.cfg.seq_len, limit,
+                          tokenizer_fingerprint(tokenizer), self.reference,
+                          str(Path(self.args.get("ref_model") or self.cfg.model).resolve())])
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cache = Path(self.cfg.out) / "tokenized" / "dpo" / f"{split}-{key}.pt"
+        if cache.exists():  # tokens and reference log-probs, computed once
+            return PairDataset(torch.load(cache, weights_only=True))
+        records = []
+        for rec in read_records(source, "dpo", skip_invalid=self.cfg.skip_invalid):
+            records.append(rec)
+            if limit and len(records) >= limit:
+                break
+        data = tokenize_pairs(records, tokenizer, self.cfg.seq_len)
+        if not data["chosen"]:
+            raise SystemExit(f"{source}: no usable preference pairs")
+        if self.reference == "precompute":
+            self._precompute(data)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, cache)
+        return PairDataset(data)
+
+    @torch.no_grad()
+    def _precompute(self, data: dict[str, Any]) -> None:
+        """One pass of the reference model over every pair; results stored with the dataset."""
+        ref = self._reference() if self.args.get("ref_model") else self.policy
+        was_training = ref.training
+        ref.eval()
+        ds = PairDataset(data)
+        chosen, rejected = [], []
+        bs = max(1, self.cfg.batch_size)
+        for s in range(0, len(ds), bs):
+            batch = move_batch(pad_pairs([ds[i] for i in range(s, min(s + bs, len(ds)))]), self.device)
+            logps, _ = sequence_logps(ref, batch["input_ids"], batch["labels"], batch["attention_mask"])
+            c, r = logps.float().cpu().chunk(2)
+            chosen += c.tolist()
+            rejected += r.tolist()
+        ref.train(was_training)
+        data["ref_chosen"], data["ref_rejected"] = chosen, rejected
+
+    def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
+        limit = self.args.get("limit")
+        train = self._load_split(post_data_source(self.cfg, "dpo"), tokenizer, "train", limit)
+        val_src = self.args.get("val_data")
+        if val_src is None:
+            from ...data.builtin_post import write_post_builtin
+
+            val_src = Path(self.cfg.out) / "data" / "builtin-dpo-heldout.jsonl"
+            if not val_src.exists():
+                write_post_builtin("dpo-heldout", val_src)
+        val = self._load_split(str(val_src), tokenizer, "val", int(self.args.get("val_limit", 400))) \
+            if val_src else None
+        return train, val
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad_pairs(items)
+
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    # ---- loss ----------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logps, n = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        chosen, rejected = logps.chunk(2)
+        nc, nr = n.chunk(2)
+        if "ref_chosen" in batch:
+            ref_c, ref_r = batch["ref_chosen"].float(), batch["ref_rejected"].float()
+        else:
+            with torch.no_grad():
+                ref = self.ref_model if self.ref_model is not None else self._reference()
+                ref_logps, _ = sequence_logps(ref, batch["input_ids"], batch["labels"], batch["attention_mask"])
+            ref_c, ref_r = ref_logps.float().chunk(2)
+        loss, metrics = dpo_loss(chosen, rejected, ref_c, ref_r, self.beta, self.loss_type, nc, nr)
+        metrics["logps_chosen"] = chosen.detach().mean()
+        metrics["logps_rejected"] = rejected.detach().mean()
+        return loss, metrics

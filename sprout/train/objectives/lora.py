@@ -1,0 +1,58 @@
+"""`sprout train lora`: SFT through low-rank adapters on a frozen base model.
+
+objective_args: r (8), alpha (16), dropout (0.05), target_modules (every attention and MLP
+projection), dataset ("identity" or "domain" built-in set when no data= is given), name / maker
+(identity set), adapter (continue training an existing adapter folder).
+The run folder becomes a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch import nn
+
+from ..lora import DEFAULT_TARGETS, apply_lora, load_adapter, lora_parameters, save_adapter
+from . import register
+from .lm import SFTObjective
+from .post_data import post_data_source
+
+
+@register
+class LoRAObjective(SFTObjective):
+    name = "lora"
+    data_kind = "sft"
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.cfg.objective_args or {}
+
+    def build_model(self, tokenizer: Any) -> nn.Module:
+        if not self.cfg.model:
+            raise SystemExit("lora trains adapters on an existing model: give model=BASE_MODEL_DIR")
+        model = super().build_model(tokenizer)
+        if self.args.get("adapter"):
+            load_adapter(model, self.args["adapter"])
+            for _, p in lora_parameters(model):
+                p.requires_grad_(True)
+        else:
+            apply_lora(model, r=int(self.args.get("r", 8)), alpha=float(self.args.get("alpha", 16)),
+                       dropout=float(self.args.get("dropout", 0.05)),
+                       target_modules=self.args.get("target_modules", DEFAULT_TARGETS))
+        return model
+
+    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        return iter(lora_parameters(model))
+
+    def data_source(self) -> str:
+        dataset = self.args.get("dataset", "identity")
+        kw = {k: self.args[k] for k in ("name", "maker") if k in self.args and dataset == "identity"}
+        return post_data_source(self.cfg, dataset, **kw)
+
+    def cache_dir(self) -> Path:
+        return Path(self.cfg.out) / "tokenized" / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"
+
+    def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
+        save_adapter(model, out, base_model=str(Path(self.cfg.model).resolve()))
+        if tokenizer is not None:
+            tokenizer.save(out)

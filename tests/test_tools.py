@@ -1,0 +1,91 @@
+"""Tools: the calculator parser (no eval), units, dates, call parsing, built-in data, chat execution."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from sprout.tools import parse_tool_calls, run_tool, tool_specs
+from sprout.tools.calculator import CalcError, evaluate
+from sprout.tools.dates import date_calc
+from sprout.tools.units import convert
+
+
+@pytest.mark.parametrize("expr,value", [("1+2*3", 7), ("(1+2)*3", 9), ("2**3**2", 512), ("-2**2", -4),
+                                        ("7/2", 3.5), ("7//2", 3), ("7 % 4", 3), ("2^10", 1024), ("sqrt(16)+1", 5),
+                                        ("0.1+0.2", 0.3), ("12 × 3 ÷ 4", 9), ("-(3-5)", 2), ("347 * 29", 10063)])
+def test_calculator(expr, value):
+    assert evaluate(expr) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["__import__('os')", "1/0", "2**99999", "1+", "()", "a", "1;2", "[1]"])
+def test_calculator_rejects(bad):
+    with pytest.raises(CalcError):
+        evaluate(bad)
+    assert run_tool("calculator", {"expression": bad}).startswith("error:")
+
+
+def test_units_and_dates():
+    assert convert(100, "celsius", "fahrenheit") == 212
+    assert convert(1, "mile", "km") == pytest.approx(1.609344)
+    assert convert(2, "公斤", "g") == 2000
+    with pytest.raises(ValueError):
+        convert(1, "kg", "m")
+    assert date_calc("add_days", "2024-02-27", 3) == "2024-03-01"
+    assert date_calc("days_between", "2024-01-01", other_date="2025-01-01") == 366
+    assert date_calc("weekday", "2024-06-01") == "Saturday"
+
+
+def test_run_tool_and_parse():
+    assert run_tool("calculator", '{"expression": "6*7"}') == "42"
+    assert run_tool("nope", {}).startswith("error: unknown tool")
+    assert run_tool("unit_convert", {"value": 1}).startswith("error:")
+    text = 'x<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call><tool_call>{bad</tool_call>'
+    calls = parse_tool_calls(text)
+    assert calls[0] == {"name": "calculator", "arguments": {"expression": "1+1"}} and calls[1]["name"] is None
+    assert [s["function"]["name"] for s in tool_specs()] == ["calculator", "unit_convert", "date_calc"]
+
+
+def test_builtin_tool_data_is_correct():
+    from sprout.data.builtin_post import tool_eval_questions, tool_records
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
+
+    recs = tool_records(60)
+    tok = Tokenizer.load(default_tokenizer_dir())
+    for r in recs:
+        call = r["conversations"][1]["tool_calls"][0]["function"]
+        result = r["conversations"][2]["content"]
+        assert result == run_tool(call["name"], call["arguments"]) and not result.startswith("error")
+        if call["name"] == "calculator":
+            a, op, b = call["arguments"]["expression"].split()
+            true = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            assert result == str(true) and str(true) in r["conversations"][3]["content"]
+        ids, mask = tok.encode_chat(*normalize_record(r))
+        assert "<tool_call>" in tok.decode([i for i, m in zip(ids, mask) if m])
+    held = tool_eval_questions(20, exclude={r["conversations"][1]["tool_calls"][0]["function"]["arguments"].get("expression") for r in recs})
+    assert len(held) == 20 and all("answer" in q for q in held)
+
+
+def test_chat_executes_tool_calls():
+    from sprout.infer.chat import ChatSession, run_chat
+    from sprout.infer.generate import SamplingConfig
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    call = '<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call>'
+    replies = iter([call, "<think>\n\n</think>\n\nThe answer is 42."])
+    prompts = []
+    session = ChatSession(None, tok, SamplingConfig(max_new_tokens=60, temperature=0), tools=tool_specs(["calculator"]))
+    # The model is scripted: each generation round returns the next canned reply (the prompt is recorded).
+    session._generate = lambda ids: (prompts.append(tok.decode(ids)), iter([next(replies)]))[1]
+    out = io.StringIO()
+    inputs = iter(["What is 6 times 7?", "/quit"])
+    run_chat(session, read=lambda _: next(inputs), out=out)
+    text = out.getvalue()
+    assert "[tool calculator" in text and "-> 42]" in text and "The answer is 42." in text
+    roles = [m["role"] for m in session.history]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert session.history[2]["content"] == "42"
+    assert session.history[1]["tool_calls"][0]["name"] == "calculator"
+    assert "<tool_response>\n42\n</tool_response>" in prompts[1]  # the result was fed back to the model
