@@ -8,15 +8,15 @@ from __future__ import annotations
 import platform
 import time
 
-import torch
-
-from .config import model_preset
-from .models import build_model
-from .train.device import select_device, select_precision
-from .train.optim import build_optimizer
-
 
 def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, steps: int, device: str = "auto") -> list[dict]:
+    import torch
+
+    from .config import model_preset
+    from .models import build_model
+    from .train.device import select_device, select_precision
+    from .train.optim import build_optimizer
+
     dev = select_device(device)
     rows = []
     for dtype in dtypes:
@@ -44,6 +44,8 @@ def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, s
 
 
 def print_table(rows: list[dict]) -> None:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| preset | device | precision | seq_len × batch | step (s) | tokens/s |")
