@@ -142,6 +142,21 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _context_table(a: argparse.Namespace) -> None:
+    from ..infer.loading import load_for_inference
+    from .context import context_length_table, table_markdown
+
+    if not a.data:
+        raise SystemExit("--context-table needs --data FILE (held-out text)")
+    model, tok = load_for_inference(a.model, a.device)
+    rows = context_length_table(model, tok, a.data, a.context_table)
+    out_dir = Path(a.out or Path(a.model) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "context.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "context.md").write_text(table_markdown(rows, a.context_table) + "\n")
+    print(table_markdown(rows, a.context_table))
+
+
 # ---- command line (wired into sprout/cli.py) ---------------------------------------------------
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,11 +173,16 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
     p.add_argument("--seed", type=int, default=0, help="seed for built-in task negatives and few-shot draws")
     p.add_argument("--device", default="auto")
+    p.add_argument("--context-table", type=int, metavar="TRAIN_LEN",
+                   help="with --data: perplexity at 1x/2x/4x TRAIN_LEN with no RoPE scaling, linear, NTK and YaRN")
     p.add_argument("--rope-scaling", help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the "
                                           "training length, e.g. yarn:4:512")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    if a.context_table:
+        _context_table(a)
+        return
     run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device, mc=a.mc,
              mc_dev=a.mc_dev, shots=a.shots, seed=a.seed, rope_scaling=a.rope_scaling)
 
