@@ -75,14 +75,17 @@ def _sampling(a: argparse.Namespace):
     from .infer.generate import SamplingConfig
 
     return SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                          top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed)
+                          top_p=a.top_p, repetition_penalty=a.repetition_penalty,
+                          frequency_penalty=a.frequency_penalty, seed=a.seed)
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide logits of tokens already in the context")
+    p.add_argument("--frequency-penalty", type=float, default=0.3,
+                   help="subtract this per earlier occurrence in the reply (breaks loops; 0 = off)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int)
     p.add_argument("--rope-scaling", help="extend the context at inference: KIND:FACTOR[:TRAINED_LEN], "

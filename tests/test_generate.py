@@ -53,3 +53,16 @@ def test_text_decoder_holds_back_partial_characters():
     dec = TextDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
     pieces = [dec.push(b) for b in raw]
     assert "".join(pieces) == "保险" and pieces[:2] == ["", ""]
+
+
+def test_frequency_and_presence_penalties_count_generated_tokens():
+    from sprout.infer.generate import apply_frequency_presence
+    logits = torch.tensor([[1.0, 1.0, 1.0]])
+    counts = torch.tensor([[0.0, 1.0, 3.0]])
+    out = apply_frequency_presence(logits, counts, frequency=0.5, presence=0.25)
+    assert torch.allclose(out, torch.tensor([[1.0, 0.25, -0.75]]))
+    # in decoding: a strong frequency penalty forbids any token from repeating within the reply
+    model = tiny_model()
+    sc = SamplingConfig(max_new_tokens=20, temperature=0, stop_token_ids=[], frequency_penalty=1e4)
+    out = generate(model, [[5, 6, 7]], sc)[0]
+    assert len(set(out)) == len(out) == 20

@@ -127,6 +127,7 @@ class _Row:
     req: GenRequest
     gen: torch.Generator | None
     seen: torch.Tensor  # [V] bool, for the repetition penalty
+    counts: torch.Tensor  # [V] float, tokens generated so far, for frequency/presence penalties
     generated: int = 0
     max_new: int = 0
     stops: frozenset = frozenset()
@@ -235,7 +236,8 @@ class BatchEngine:
         """logits [B, V] fp32 -> one token per row with that row's own settings and generator."""
         out: list[int] = [0] * len(rows)
         greedy = [i for i, r in enumerate(rows) if r.req.sampling.temperature <= 0
-                  and r.req.sampling.repetition_penalty == 1.0]
+                  and r.req.sampling.repetition_penalty == 1.0 and r.req.sampling.frequency_penalty == 0.0
+                  and r.req.sampling.presence_penalty == 0.0]
         if greedy:
             ids = logits[greedy].argmax(-1).tolist()
             for i, t in zip(greedy, ids):
@@ -243,13 +245,14 @@ class BatchEngine:
         gset = set(greedy)
         for i, r in enumerate(rows):
             if i not in gset:
-                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, r.seen[None], r.gen)[0])
+                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, r.seen[None], r.gen, r.counts[None])[0])
         return out
 
     def _emit_tokens(self, rows: list[_Row], toks: list[int]) -> None:
         for r, t in zip(rows, toks):
             r.generated += 1
             r.seen[t] = True
+            r.counts[t] += 1
             self._safe_emit(r.req, t)
             if t in r.stops:
                 self._finish(r, "stop")
@@ -276,7 +279,8 @@ class BatchEngine:
             seen[torch.tensor(q.prompt, device=self.device)] = True
             gen = torch.Generator(device=self.device).manual_seed(sc.seed) if sc.seed is not None else None
             room = self.context_len - len(q.prompt)
-            rows.append(_Row(q, gen, seen, max_new=max(1, min(sc.max_new_tokens, room)),
+            counts = torch.zeros(V, device=self.device)
+            rows.append(_Row(q, gen, seen, counts, max_new=max(1, min(sc.max_new_tokens, room)),
                              stops=frozenset(sc.stop_token_ids)))
         toks = self._sample(logits, rows)
         # Merge: right-align the new rows with the running ones.

@@ -19,7 +19,9 @@ class SamplingConfig:
     temperature: float = 0.7  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context (prompt included)
+    frequency_penalty: float = 0.0  # OpenAI-style: logit -= f * (times the token was generated so far)
+    presence_penalty: float = 0.0  # OpenAI-style: logit -= p if the token was generated at least once
     stop_token_ids: list[int] = field(default_factory=lambda: [2, 0])  # <|im_end|>, <|endoftext|>
     seed: int | None = None
 
@@ -31,6 +33,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
+
+
+def apply_frequency_presence(logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float) -> torch.Tensor:
+    """Penalise tokens by how often this reply has already produced them (the prompt is not counted,
+    so words of the question stay available). Breaks loops such as digit runs that a small model
+    falls into, which the prompt-wide repetition penalty cannot target."""
+    if frequency == 0.0 and presence == 0.0:
+        return logits
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -48,9 +59,12 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
-def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] (fp32) -> next token ids [B]."""
+def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor, gen: torch.Generator | None,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] (fp32) -> next token ids [B]. counts [B, V]: tokens generated so far per row."""
     logits = apply_repetition_penalty(logits, seen, sc.repetition_penalty)
+    if counts is not None:
+        logits = apply_frequency_presence(logits, counts, sc.frequency_penalty, sc.presence_penalty)
     if sc.temperature <= 0:
         return logits.argmax(-1)
     logits = filter_top_k_top_p(logits / sc.temperature, sc.top_k, sc.top_p)
@@ -93,12 +107,15 @@ def generate_stream(
     logits = model(ids, position_ids=positions, attention_mask=mask if padded else None,
                    cache=cache, last_only=True).logits[:, -1].float()
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    counts = torch.zeros((B, model.config.vocab_size), device=device)
+    rows = torch.arange(B, device=device)
     next_pos = positions[:, -1] + 1
     for _ in range(sc.max_new_tokens):
-        tok = sample_next(logits, sc, seen, gen)
+        tok = sample_next(logits, sc, seen, gen, counts)
         tok = torch.where(finished, torch.full_like(tok, pad), tok)
         yield [None if f else int(t) for t, f in zip(tok.tolist(), finished.tolist())]
-        seen[torch.arange(B, device=device), tok] = True
+        seen[rows, tok] = True
+        counts[rows, tok] += 1
         finished |= torch.isin(tok, stops)
         if bool(finished.all()) or (should_stop is not None and should_stop()):
             return

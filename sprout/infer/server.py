@@ -253,6 +253,8 @@ def _sampling(body: dict, entry: ModelEntry, settings: ServeSettings, prompt_len
         top_p=float(_num(body, "top_p", 0, 1, d.get("top_p", 1.0))) or 1e-9,
         top_k=int(_num(body, "top_k", 0, 1 << 20, d.get("top_k", 0), integer=True)),
         repetition_penalty=float(_num(body, "repetition_penalty", 0.01, 10, d.get("repetition_penalty", 1.0))),
+        frequency_penalty=float(_num(body, "frequency_penalty", -2, 2, 0.0)),
+        presence_penalty=float(_num(body, "presence_penalty", -2, 2, 0.0)),
         stop_token_ids=[entry.tokenizer.eos_id, entry.tokenizer.pad_id],
         seed=None if seed is None else seed % (1 << 63),
     )
