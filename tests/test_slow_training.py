@@ -21,5 +21,6 @@ def test_family_pretrains_with_falling_loss(tmp_path, corpus, preset):
           "seq_len=128", "batch_size=8", "lr=3e-3", "log_every=5", "eval_every=1000", "save_every=1000"])
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
-    assert last < first - 1.0, f"{preset}: loss {first:.2f} -> {last:.2f}"
+    # a broken run stays near ln(6400) = 8.76 or rises; 60 healthy steps fall by about 1 nat
+    assert last < first - 0.5, f"{preset}: loss {first:.2f} -> {last:.2f}"
     assert (out / "model.safetensors").exists()
