@@ -389,13 +389,18 @@ def write_builtin(kind: str, path: str | Path, seed: int = 0, max_chars: int | N
         records = sft_records(seed)
     else:
         raise ValueError(f"built-in data exists for 'pretrain' and 'sft', not {kind!r}")
+    return write_jsonl(records, path)
+
+
+def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+    """Write records as jsonl atomically: a crash never leaves a half-written file under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # never leave a half-written file under the real name
+    os.replace(tmp, path)
     return path
 
 

@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import random
 from pathlib import Path
 from typing import Any
+
+from .builtin import write_jsonl
 
 DEFAULT_NAME = {"en": "Sprig", "zh": "小枝"}
 DEFAULT_MAKER = {"en": "the Greenhouse Lab", "zh": "温室实验室"}
@@ -262,12 +262,4 @@ BUILDERS = {
 def write_post_builtin(name: str, path: str | Path, **kw: Any) -> Path:
     if name not in BUILDERS:
         raise ValueError(f"no built-in post-training set {name!r}; choose one of {', '.join(BUILDERS)}")
-    records = BUILDERS[name](**kw)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_jsonl(BUILDERS[name](**kw), path)
