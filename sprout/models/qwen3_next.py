@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .cache import KVCache
 from .dense import DecoderLayer, SproutForCausalLM
 from .layers import rotate_half
 from .moe import MoEBlock, base_hf_dict, config_kwargs_from_hf, moe_metrics
@@ -279,8 +280,9 @@ class GatedAttention(nn.Module):
         return self.o_proj(out)
 
 
-class HybridCache:
-    """Keys/values for the full-attention layers; conv window and delta-rule state for the linear ones."""
+class HybridCache(KVCache):
+    """Keys/values for the full-attention layers (KVCache's update/advance, keyed by layer index);
+    conv window and delta-rule state for the linear ones."""
 
     def __init__(self, cfg: Qwen3NextConfig, batch: int, max_len: int, device, dtype):
         self.length, self.max_len = 0, max_len
@@ -298,17 +300,6 @@ class HybridCache:
             else:
                 self.conv[i] = torch.zeros(batch, conv_dim, cfg.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
                 self.state[i] = None
-
-    def update(self, layer, k, v):
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full ({self.max_len} positions); raise max_len")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
 
     def select_rows(self, rows: torch.Tensor) -> None:
         for d in (self.k, self.v, self.conv):
