@@ -20,3 +20,16 @@ def tiny_model(seed: int = 0, **overrides):
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
     return model
+
+
+def assert_cached_decoding_matches_full_forward(model, length: int = 20, prefill: int = 12, max_len: int = 32):
+    """Prefill `prefill` tokens into a fresh cache, decode the rest one token at a time, and compare
+    every step's logits with one full forward pass over the whole sequence."""
+    x = torch.randint(3, 512, (2, length))
+    with torch.no_grad():
+        full = model(x).logits
+        cache = model.new_cache(2, max_len)
+        steps = [model(x[:, :prefill], cache=cache).logits]
+        for t in range(prefill, length):
+            steps.append(model(x[:, t:t + 1], cache=cache).logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model
+from conftest import assert_cached_decoding_matches_full_forward, tiny_model
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import load_model, save_model
 
@@ -22,14 +22,7 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged(model_type):
 
 def test_kv_cache_decoding_equals_full_forward():
     model = tiny_model()
-    x = torch.randint(3, 512, (2, 20))
-    with torch.no_grad():
-        full = model(x).logits
-        cache = model.new_cache(2, 32)
-        steps = [model(x[:, :12], cache=cache).logits]
-        for t in range(12, 20):
-            steps.append(model(x[:, t:t + 1], cache=cache).logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert_cached_decoding_matches_full_forward(model)
 
 
 def test_packed_documents_do_not_attend_to_each_other():

@@ -3,6 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import assert_cached_decoding_matches_full_forward
+
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import load_model, save_model
 from sprout.models.moe import MoEBlock, dispatch_naive, dispatch_sorted
@@ -89,14 +91,7 @@ def tiny_moe(**kw):
 
 def test_kv_cache_decoding_equals_full_forward():
     model = tiny_moe()
-    x = torch.randint(3, 512, (2, 20))
-    with torch.no_grad():
-        full = model(x).logits
-        cache = model.new_cache(2, 32)
-        steps = [model(x[:, :12], cache=cache).logits]
-        for t in range(12, 20):
-            steps.append(model(x[:, t:t + 1], cache=cache).logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert_cached_decoding_matches_full_forward(model)
 
 
 @pytest.mark.parametrize("kw,arch", [

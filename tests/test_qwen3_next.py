@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import assert_cached_decoding_matches_full_forward
+
 from sprout.config import model_preset
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import build_model, load_model, save_model
@@ -42,14 +44,7 @@ def test_layer_pattern_is_three_linear_then_one_full():
 
 def test_recurrent_state_decoding_equals_full_forward():
     model = tiny_next()
-    x = torch.randint(3, 512, (2, 21))
-    with torch.no_grad():
-        full = model(x).logits
-        cache = model.new_cache(2, 32)
-        steps = [model(x[:, :13], cache=cache).logits]
-        for t in range(13, 21):
-            steps.append(model(x[:, t:t + 1], cache=cache).logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert_cached_decoding_matches_full_forward(model, length=21, prefill=13)
 
 
 def test_left_padded_batch_gives_the_same_tokens_as_one_at_a_time():
