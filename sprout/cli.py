@@ -14,7 +14,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="built-in recipe name or YAML file (see sprout/recipes/)")
     p.add_argument("--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)")
     p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
-    p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3")
+    p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3, "
+                   "cpu-moe, minimind2-moe, minimind3-moe, mini-deepseekv3, mini-qwen3-next, ...")
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model's, else sprout's built-in tokenizer)")
     p.add_argument("--out", help="output folder (checkpoints, metrics, final model)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one stage (pretrain, sft, ...)",
                        epilog="Any TrainConfig field can be set as KEY=VALUE, e.g. lr=3e-4 model_overrides.hidden_size=384")
-    p.add_argument("stage", help="pretrain or sft")
+    p.add_argument("stage", help="pretrain, sft, lora, dpo, distill, reasoning or tools")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 

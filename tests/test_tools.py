@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -51,20 +52,39 @@ def test_builtin_tool_data_is_correct():
     from sprout.data.builtin_post import tool_eval_questions, tool_records
     from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
 
-    recs = tool_records(60)
+    recs = tool_records(200)
     tok = Tokenizer.load(default_tokenizer_dir())
+    calls, direct, listed = [], 0, []
     for r in recs:
+        assistant = tok.decode([i for i, m in zip(*tok.encode_chat(*normalize_record(r))) if m])
+        if "tool_calls" not in r["conversations"][1]:  # tools offered, question needs none
+            direct += 1
+            assert len(r["tools"]) == 3 and "<tool_call>" not in assistant and len(r["conversations"]) == 2
+            continue
         call = r["conversations"][1]["tool_calls"][0]["function"]
+        calls.append(call)
+        listed.append([t["function"]["name"] for t in r["tools"]])
+        assert call["name"] in listed[-1]
         result = r["conversations"][2]["content"]
         assert result == run_tool(call["name"], call["arguments"]) and not result.startswith("error")
         if call["name"] == "calculator":
             a, op, b = call["arguments"]["expression"].split()
             true = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
             assert result == str(true) and str(true) in r["conversations"][3]["content"]
-        ids, mask = tok.encode_chat(*normalize_record(r))
-        assert "<tool_call>" in tok.decode([i for i, m in zip(ids, mask) if m])
-    held = tool_eval_questions(20, exclude={r["conversations"][1]["tool_calls"][0]["function"]["arguments"].get("expression") for r in recs})
-    assert len(held) == 20 and all("answer" in q for q in held)
+        assert "<tool_call>" in assistant
+    # the mix: some direct answers, single-tool lists, and full lists in more than one order
+    assert 10 < direct < 60
+    full = [tuple(x) for x in listed if len(x) == 3]
+    assert 40 < len(full) < len(listed) - 40 and len(set(full)) > 1
+    seen = {json.dumps(c, sort_keys=True) for c in calls}
+    for kind in ("calc", "unit", "date"):
+        held = tool_eval_questions(20, kind=kind)
+        assert len(held) == 20 and not {json.dumps({"name": q["name"], "arguments": q["arguments"]}, sort_keys=True)
+                                          for q in held} & seen
+        assert all(not run_tool(q["name"], q["arguments"]).startswith("error") for q in held)
+    for q in tool_eval_questions(20):  # arithmetic: the true value, not the calculator's output
+        a, op, b = q["arguments"]["expression"].split()
+        assert q["answer"] == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
 
 
 def test_chat_executes_tool_calls():

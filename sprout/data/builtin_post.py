@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ def reasoning_prompts(n: int = 50, seed: int = 12345) -> list[dict]:
 
 # ---- tool use ---------------------------------------------------------------------------------
 _OPS = [("+", "plus", "加"), ("-", "minus", "减"), ("*", "times", "乘以")]
+_UNIT_PAIRS = [("km", "mile"), ("mile", "km"), ("kg", "lb"), ("lb", "kg"), ("celsius", "fahrenheit"),
+               ("fahrenheit", "celsius"), ("m", "foot"), ("l", "gallon"), ("h", "min")]
+TOOL_KINDS = ("calc", "unit", "date")
 
 
 def _arith_question(rng: random.Random) -> tuple[str, str, str]:
@@ -176,75 +180,118 @@ def _arith_question(rng: random.Random) -> tuple[str, str, str]:
     expr = f"{a} {sym} {b}"
     lang = rng.choice(("en", "zh"))
     if lang == "en":
-        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {a} {sym} {b}.", f"What is {a} {sym} {b}?"])
+        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {a} {sym} {b}.", f"What is {a} {sym} {b}?",
+                        f"Compute {a} {sym} {b} for me.", f"How much is {a} {en} {b}?"])
     else:
-        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {a} {sym} {b}。", f"{a} {sym} {b} 等于几？"])
+        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {a} {sym} {b}。", f"{a} {sym} {b} 等于几？",
+                        f"帮我算一下 {a} {sym} {b}。", f"{a}{zh}{b}是多少？"])
     return q, expr, lang
+
+
+def tool_question(rng: random.Random, kind: str) -> dict[str, Any]:
+    """One question for tool `kind` (calc / unit / date): the question text, the call that answers
+    it (tool name and arguments), what the final answer restates, and the language."""
+    if kind == "calc":
+        q, expr, lang = _arith_question(rng)
+        return {"question": q, "name": "calculator", "arguments": {"expression": expr}, "what": expr, "lang": lang}
+    lang = rng.choice(("en", "zh"))
+    if kind == "unit":
+        v = rng.randint(1, 500)
+        a, b = rng.choice(_UNIT_PAIRS)
+        q = rng.choice([f"Convert {v} {a} to {b}.", f"How many {b} is {v} {a}?"]) if lang == "en" else \
+            rng.choice([f"把{v} {a}换算成{b}。", f"{v} {a}等于多少{b}？"])
+        return {"question": q, "name": "unit_convert", "arguments": {"value": v, "from_unit": a, "to_unit": b},
+                "what": f"{v} {a} in {b}", "lang": lang}
+    d = (dt.date(2020, 1, 1) + dt.timedelta(days=rng.randint(0, 2500))).isoformat()
+    n = rng.randint(1, 400)
+    q = rng.choice([f"What date is {n} days after {d}?", f"Add {n} days to {d}."]) if lang == "en" else \
+        rng.choice([f"{d}之后{n}天是哪一天？", f"{d}加上{n}天是几月几号？"])
+    return {"question": q, "name": "date_calc", "arguments": {"operation": "add_days", "date": d, "days": n},
+            "what": f"{d} + {n} days", "lang": lang}
 
 
 def _final(lang: str, what: str, result: str) -> str:
     return f"{what} = {result}. The answer is {result}." if lang == "en" else f"{what} = {result}。答案是 {result}。"
 
 
-def _call(name: str, args: dict) -> list[dict]:
-    return [{"type": "function", "function": {"name": name, "arguments": args}}]
+def _offered_tools(rng: random.Random, needed: str | None, all_tools: bool) -> list[dict]:
+    """The tool list of the system turn: only the needed one, or all of them in a random order
+    (so the model learns to pick by name, not by position or by the list being short)."""
+    from ..tools import tool_specs
+
+    if needed and not all_tools:
+        return tool_specs([needed])
+    specs = tool_specs()
+    rng.shuffle(specs)
+    return specs
+
+
+def _direct_conversation(rng: random.Random, pairs: list[tuple[str, str, str, str]]) -> dict:
+    """Tools are offered but the question needs none: the assistant answers directly."""
+    qz, qe, az, ae = rng.choice(pairs)
+    q, a = (qe, ae) if rng.random() < 0.5 else (qz, az)
+    return {"tools": _offered_tools(rng, None, True),
+            "conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": _trim(a, 200)}]}
 
 
 def tool_conversation(rng: random.Random, kind: str | None = None, all_tools: bool = False) -> dict:
-    """One tool-use conversation. The system turn lists only the tool it needs unless `all_tools`
-    (the full list costs ~450 more tokens per conversation, a lot for a CPU run)."""
-    from ..tools import run_tool, tool_specs
+    """One tool-use conversation: user question, the assistant's call, the tool's real output, the
+    final answer quoting it. The system turn lists only the needed tool unless `all_tools`."""
+    from ..tools import run_tool
 
-    kind = kind or rng.choices(["calc", "unit", "date"], weights=[6, 2, 2])[0]
-    if kind == "calc":
-        q, expr, lang = _arith_question(rng)
-        name, args, what = "calculator", {"expression": expr}, expr
-    elif kind == "unit":
-        lang = rng.choice(("en", "zh"))
-        v = rng.randint(1, 500)
-        a, b = rng.choice([("km", "mile"), ("mile", "km"), ("kg", "lb"), ("lb", "kg"), ("celsius", "fahrenheit"),
-                           ("fahrenheit", "celsius"), ("m", "foot"), ("l", "gallon"), ("h", "min")])
-        q = f"Convert {v} {a} to {b}." if lang == "en" else f"把{v} {a}换算成{b}。"
-        name, args, what = "unit_convert", {"value": v, "from_unit": a, "to_unit": b}, f"{v} {a} in {b}"
-    else:
-        lang = rng.choice(("en", "zh"))
-        d = dt.date(2020, 1, 1) + dt.timedelta(days=rng.randint(0, 2500))
-        n = rng.randint(1, 400)
-        q = f"What date is {n} days after {d.isoformat()}?" if lang == "en" else f"{d.isoformat()}之后{n}天是哪一天？"
-        name, args, what = "date_calc", {"operation": "add_days", "date": d.isoformat(), "days": n}, \
-            f"{d.isoformat()} + {n} days"
-    result = run_tool(name, args)  # the real tool: every answer in the data is correct
+    t = tool_question(rng, kind or rng.choices(TOOL_KINDS, weights=[5, 4, 2])[0])
+    result = run_tool(t["name"], t["arguments"])  # the real tool: every answer in the data is correct
     return {
-        "tools": tool_specs() if all_tools else tool_specs([name]),
+        "tools": _offered_tools(rng, t["name"], all_tools),
         "conversations": [
-            {"role": "user", "content": q},
-            {"role": "assistant", "content": "", "tool_calls": _call(name, args)},
+            {"role": "user", "content": t["question"]},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}]},
             {"role": "tool", "content": result},
-            {"role": "assistant", "content": _final(lang, what, result)},
+            {"role": "assistant", "content": _final(t["lang"], t["what"], result)},
         ],
     }
 
 
-def tool_records(n: int = 3000, seed: int = 0, all_tools: bool = False) -> list[dict]:
+def tool_records(n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4,
+                 direct_fraction: float = 0.15) -> list[dict]:
+    """`n` conversations. `all_tools_fraction` of the tool calls are made with every tool listed
+    (what `sprout chat --tools` and most clients send; the full list costs ~400 more tokens);
+    `direct_fraction` are insuranceqa questions answered without a call although tools are offered,
+    so the model learns when *not* to call one."""
+    from .builtin import insuranceqa_train_pairs
+
     rng = random.Random(seed)
-    return [tool_conversation(rng, all_tools=all_tools) for _ in range(n)]
+    pairs = list(insuranceqa_train_pairs()) if direct_fraction > 0 else []
+    return [_direct_conversation(rng, pairs) if rng.random() < direct_fraction
+            else tool_conversation(rng, all_tools=rng.random() < all_tools_fraction) for _ in range(n)]
 
 
-def tool_eval_questions(n: int = 50, seed: int = 999, exclude: set[str] | None = None) -> list[dict]:
-    """Held-out arithmetic questions (another seed; any expression seen in training is skipped) with
-    the true value computed independently of the calculator (Python int arithmetic)."""
+def _call_key(name: str, arguments: dict) -> str:
+    return name + json.dumps(arguments, sort_keys=True)
+
+
+def tool_eval_questions(n: int = 50, seed: int = 999, kind: str = "calc",
+                        exclude: set[str] | None = None) -> list[dict]:
+    """Held-out questions for one tool (another seed; any call seen in the default training set is
+    skipped). `expected` is the correct call; for arithmetic `answer` is the true value computed
+    with Python integers, independently of the calculator."""
     rng = random.Random(seed)
-    exclude = exclude if exclude is not None else {
-        c["conversations"][1]["tool_calls"][0]["function"]["arguments"].get("expression")
-        for c in tool_records() if c["conversations"][1]["tool_calls"][0]["function"]["name"] == "calculator"}
+    if exclude is None:
+        exclude = {_call_key(c["conversations"][1]["tool_calls"][0]["function"]["name"],
+                             c["conversations"][1]["tool_calls"][0]["function"]["arguments"])
+                   for c in tool_records() if c["conversations"][1].get("tool_calls")}
     out = []
     while len(out) < n:
-        q, expr, lang = _arith_question(rng)
-        if expr in exclude:
+        t = tool_question(rng, kind)
+        if _call_key(t["name"], t["arguments"]) in exclude:
             continue
-        a, op, b = expr.split()
-        a, b = int(a), int(b)
-        out.append({"question": q, "expression": expr, "answer": a + b if op == "+" else a - b if op == "-" else a * b})
+        item = {"question": t["question"], "name": t["name"], "arguments": t["arguments"]}
+        if kind == "calc":
+            a, op, b = t["arguments"]["expression"].split()
+            a, b = int(a), int(b)
+            item["answer"] = a + b if op == "+" else a - b if op == "-" else a * b
+        out.append(item)
     return out
 
 

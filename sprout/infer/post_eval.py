@@ -2,8 +2,8 @@
 
     reasoning MODEL   fraction of generations with exactly one well-formed <think>…</think> block
                       (thinking on) and with none (thinking off), on held-out word problems
-    tools MODEL       held-out arithmetic questions: did the model call the calculator, and is the
-                      number in its final answer the true value?
+    tools MODEL       held-out tool questions: did the model call the right tool with the right
+                      arguments, and is the final answer right? (--kind calc|unit|date, --offer needed|all|none)
     identity BASE ADAPTER   answers to "who are you" questions, with and without the adapter
 """
 from __future__ import annotations
@@ -71,33 +71,71 @@ def reasoning_eval(model, tok, n: int = 50) -> dict[str, Any]:
     }
 
 
-def tools_eval(model, tok, n: int = 50, max_new: int = 64) -> dict[str, Any]:
+def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "needed",
+               kind: str = "calc") -> dict[str, Any]:
+    """Held-out questions for one tool `kind` (calc / unit / date). `offered`: "needed" (the
+    system turn lists only the needed tool, as in half the training conversations), "all" (all three
+    listed: the model must pick) or "none" (no tools: the baseline of a model answering by itself).
+    A final answer is correct when its last number is the true value (arithmetic, computed with
+    Python integers) or when it contains the tool's output for the correct call (units, dates)."""
     from ..data.builtin_post import tool_eval_questions
+    from ..tools import run_tool, tool_specs
+    from .chat import ChatSession
+
+    items = tool_eval_questions(n, kind=kind)
+    called = right_args = correct = 0
+    samples = []
+    for it in items:
+        tools = {"needed": tool_specs([it["name"]]), "all": tool_specs(), "none": None}[offered]
+        session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
+                              tools=tools, max_tool_rounds=1)
+        with torch.inference_mode():
+            "".join(session.reply_stream(it["question"]))
+        calls = [c for m in session.history if m["role"] == "assistant" for c in m.get("tool_calls", [])
+                 if c["name"] == it["name"]]
+        final = session.history[-1]["content"] if session.history[-1]["role"] == "assistant" else ""
+        called += bool(calls)
+        right_args += any(_same_args(c["arguments"], it["arguments"]) for c in calls)
+        if kind == "calc":
+            nums = re.findall(r"-?\d+", final)
+            correct += bool(nums) and int(nums[-1]) == it["answer"]
+        else:
+            correct += run_tool(it["name"], it["arguments"]) in final
+        if len(samples) < 3:
+            samples.append({"q": it["question"], "history": session.history[1:]})
+    res = {"n": n, "kind": kind, "tools_offered": offered, "called_right_tool": called / n,
+           "correct_arguments": right_args / n, "final_answer_correct": correct / n, "samples": samples}
+    if offered == "all":
+        res["no_call_on_domain_questions"] = _restraint(model, tok, n, max_new)
+    return res
+
+
+def _same_args(got: Any, want: dict) -> bool:
+    """Arguments equal up to spaces in strings and int/float spelling of numbers."""
+    if not isinstance(got, dict) or got.keys() != want.keys():
+        return False
+    def norm(v: Any) -> Any:
+        return v.replace(" ", "") if isinstance(v, str) else float(v) if isinstance(v, (int, float)) else v
+
+    return all(norm(got[k]) == norm(want[k]) for k in want)
+
+
+def _restraint(model, tok, n: int, max_new: int) -> float:
+    """Held-out insurance questions (insuranceqa valid) with every tool offered: the fraction the
+    model answers without calling any tool (none of the tools can help)."""
+    from ..data.builtin_post import dpo_pairs
     from ..tools import tool_specs
     from .chat import ChatSession
 
-    items = tool_eval_questions(n)
-    called = right_expr = correct = 0
-    samples = []
-    for it in items:
+    questions = [p["chosen"][0]["content"] for p in dpo_pairs("heldout", limit=n)]
+    direct = 0
+    for q in questions:
         session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
-                              tools=tool_specs(["calculator"]), max_tool_rounds=1)
+                              tools=tool_specs(), max_tool_rounds=1)
         with torch.inference_mode():
-            "".join(session.reply_stream(it["question"]))
-        calls = [c for m in session.history if m["role"] == "assistant" for c in m.get("tool_calls", [])]
-        final = session.history[-1]["content"] if session.history[-1]["role"] == "assistant" else ""
-        if any(c["name"] == "calculator" for c in calls):
-            called += 1
-            if any(str(c["arguments"].get("expression", "")).replace(" ", "") == it["expression"].replace(" ", "")
-                   for c in calls if isinstance(c["arguments"], dict)):
-                right_expr += 1
-        nums = re.findall(r"-?\d+", final)
-        ok = bool(nums) and int(nums[-1]) == it["answer"]
-        correct += ok
-        if len(samples) < 3:
-            samples.append({"q": it["question"], "true": it["answer"], "history": session.history[1:]})
-    return {"n": n, "called_calculator": called / n, "correct_expression": right_expr / n,
-            "final_answer_correct": correct / n, "samples": samples}
+            "".join(session.reply_stream(q))
+        direct += not any(m.get("tool_calls") for m in session.history if m["role"] == "assistant")
+    return direct / len(questions)
 
 
 def identity_eval(model, tok, questions=("Who are you?", "What is your name?", "Who made you?", "你是谁？",
@@ -114,13 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model")
     p.add_argument("--lora")
     p.add_argument("-n", type=int, default=50)
+    p.add_argument("--offer", choices=["needed", "all", "none"], default="needed",
+                   help="tools check: list only the needed tool, all three, or none")
+    p.add_argument("--kind", choices=["calc", "unit", "date"], default="calc", help="tools check: which tool's questions")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     model, tok = load_chat_model(a.model, a.lora, "cpu")
     if a.check == "reasoning":
         res: Any = reasoning_eval(model, tok, a.n)
     elif a.check == "tools":
-        res = tools_eval(model, tok, a.n)
+        res = tools_eval(model, tok, a.n, offered=a.offer, kind=a.kind)
     else:
         res = identity_eval(model, tok)
     print(json.dumps(res, ensure_ascii=False, indent=1))

@@ -47,7 +47,7 @@ class _TaggedSFT(SFTObjective):
         return tok
 
     def data_source(self) -> str:
-        kw = {k: self.args[k] for k in ("n", "think_fraction", "all_tools") if k in self.args}
+        kw = {k: self.args[k] for k in ("n", "think_fraction", "all_tools_fraction", "direct_fraction") if k in self.args}
         return post_data_source(self.cfg, self.builtin, **kw)
 
     def cache_dir(self) -> Path:
