@@ -173,18 +173,29 @@ _UNIT_PAIRS = [("km", "mile"), ("mile", "km"), ("kg", "lb"), ("lb", "kg"), ("cel
 TOOL_KINDS = ("calc", "unit", "date")
 
 
+def _operand(rng: random.Random) -> int:
+    """1 to 4 digits, so the model learns to copy numbers of any length (not only 3-digit ones)."""
+    digits = rng.choices((1, 2, 3, 4), weights=(1, 2, 3, 2))[0]
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
 def _arith_question(rng: random.Random) -> tuple[str, str, str]:
-    """(question, expression, lang)."""
+    """(question, expression, lang). The call always spells the expression `A op B`; the question
+    may write it with or without spaces, or in words."""
     sym, en, zh = rng.choice(_OPS)
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    a, b = _operand(rng), _operand(rng)
     expr = f"{a} {sym} {b}"
+    shown = expr if rng.random() < 0.7 else f"{a}{sym}{b}"
     lang = rng.choice(("en", "zh"))
+    word = {"+": (f"Add {a} and {b}.", f"{a}和{b}相加是多少？"),
+            "-": (f"Subtract {b} from {a}.", f"{a}减去{b}是多少？"),
+            "*": (f"Multiply {a} by {b}.", f"{a}和{b}相乘是多少？")}[sym]
     if lang == "en":
-        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {a} {sym} {b}.", f"What is {a} {sym} {b}?",
-                        f"Compute {a} {sym} {b} for me.", f"How much is {a} {en} {b}?"])
+        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {shown}.", f"What is {shown}?",
+                        f"Compute {shown} for me.", f"How much is {a} {en} {b}?", word[0]])
     else:
-        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {a} {sym} {b}。", f"{a} {sym} {b} 等于几？",
-                        f"帮我算一下 {a} {sym} {b}。", f"{a}{zh}{b}是多少？"])
+        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {shown}。", f"{shown} 等于几？",
+                        f"帮我算一下 {shown}。", f"{a}{zh}{b}是多少？", word[1]])
     return q, expr, lang
 
 
