@@ -109,3 +109,14 @@ def test_chat_executes_tool_calls():
     assert session.history[2]["content"] == "42"
     assert session.history[1]["tool_calls"][0]["name"] == "calculator"
     assert "<tool_response>\n42\n</tool_response>" in prompts[1]  # the result was fed back to the model
+
+
+def test_post_eval_argument_matching():
+    from sprout.infer.post_eval import _same_args
+
+    want = {"value": 30, "from_unit": "km", "to_unit": "mile"}
+    assert _same_args({"value": 30.0, "from_unit": "km", "to_unit": "mile"}, want)
+    assert _same_args({"expression": "91*927"}, {"expression": "91 * 927"})
+    assert not _same_args({"value": 30, "from_unit": "mile", "to_unit": "km"}, want)
+    assert not _same_args({"value": 30, "from_unit": "km"}, want)
+    assert not _same_args("30 km", want)

@@ -285,8 +285,8 @@ def _call_key(name: str, arguments: dict) -> str:
 def tool_eval_questions(n: int = 50, seed: int = 999, kind: str = "calc",
                         exclude: set[str] | None = None) -> list[dict]:
     """Held-out questions for one tool (another seed; any call seen in the default training set is
-    skipped). `expected` is the correct call; for arithmetic `answer` is the true value computed
-    with Python integers, independently of the calculator."""
+    skipped). `name` and `arguments` are the correct call; for arithmetic `answer` is the true value
+    computed with Python integers, independently of the calculator."""
     rng = random.Random(seed)
     if exclude is None:
         exclude = {_call_key(c["conversations"][1]["tool_calls"][0]["function"]["name"],

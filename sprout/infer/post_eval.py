@@ -74,23 +74,19 @@ def reasoning_eval(model, tok, n: int = 50) -> dict[str, Any]:
 def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "needed",
                kind: str = "calc") -> dict[str, Any]:
     """Held-out questions for one tool `kind` (calc / unit / date). `offered`: "needed" (the
-    system turn lists only the needed tool, as in half the training conversations), "all" (all three
+    system turn lists only the needed tool, as in 60% of the training calls), "all" (all three
     listed: the model must pick) or "none" (no tools: the baseline of a model answering by itself).
     A final answer is correct when its last number is the true value (arithmetic, computed with
     Python integers) or when it contains the tool's output for the correct call (units, dates)."""
     from ..data.builtin_post import tool_eval_questions
     from ..tools import run_tool, tool_specs
-    from .chat import ChatSession
 
     items = tool_eval_questions(n, kind=kind)
     called = right_args = correct = 0
     samples = []
     for it in items:
         tools = {"needed": tool_specs([it["name"]]), "all": tool_specs(), "none": None}[offered]
-        session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
-                              tools=tools, max_tool_rounds=1)
-        with torch.inference_mode():
-            "".join(session.reply_stream(it["question"]))
+        session = _ask(model, tok, it["question"], tools, max_new)
         calls = [c for m in session.history if m["role"] == "assistant" for c in m.get("tool_calls", [])
                  if c["name"] == it["name"]]
         final = session.history[-1]["content"] if session.history[-1]["role"] == "assistant" else ""
@@ -114,6 +110,7 @@ def _same_args(got: Any, want: dict) -> bool:
     """Arguments equal up to spaces in strings and int/float spelling of numbers."""
     if not isinstance(got, dict) or got.keys() != want.keys():
         return False
+
     def norm(v: Any) -> Any:
         return v.replace(" ", "") if isinstance(v, str) else float(v) if isinstance(v, (int, float)) else v
 
@@ -125,17 +122,25 @@ def _restraint(model, tok, n: int, max_new: int) -> float:
     model answers without calling any tool (none of the tools can help)."""
     from ..data.builtin_post import dpo_pairs
     from ..tools import tool_specs
-    from .chat import ChatSession
 
     questions = [p["chosen"][0]["content"] for p in dpo_pairs("heldout", limit=n)]
     direct = 0
     for q in questions:
-        session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
-                              tools=tool_specs(), max_tool_rounds=1)
-        with torch.inference_mode():
-            "".join(session.reply_stream(q))
-        direct += not any(m.get("tool_calls") for m in session.history if m["role"] == "assistant")
+        history = _ask(model, tok, q, tool_specs(), max_new).history
+        direct += not any(m.get("tool_calls") for m in history if m["role"] == "assistant")
     return direct / len(questions)
+
+
+def _ask(model, tok, question: str, tools: list[dict] | None, max_new: int):
+    """One greedy user turn through the same ChatSession as `sprout chat` (tool calls are executed,
+    one round); returns the session, whose history holds the calls, results and final answer."""
+    from .chat import ChatSession
+
+    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
+                          tools=tools, max_tool_rounds=1)
+    with torch.inference_mode():
+        "".join(session.reply_stream(question))
+    return session
 
 
 def identity_eval(model, tok, questions=("Who are you?", "What is your name?", "Who made you?", "你是谁？",
