@@ -1,3 +1,7 @@
+import os
+import signal
+from typing import Callable
+
 import pytest
 import torch
 
@@ -33,3 +37,12 @@ def assert_cached_decoding_matches_full_forward(model, length: int = 20, prefill
         for t in range(prefill, length):
             steps.append(model(x[:, t:t + 1], cache=cache).logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def ctrl_c_at(step: int) -> Callable[[dict], None]:
+    """An engine `on_step` callback that interrupts the run like Ctrl-C (a real SIGINT) after `step`."""
+    def on_step(info: dict) -> None:
+        if info["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return on_step

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
+
+from conftest import ctrl_c_at
 
 from sprout.config import TrainConfig, model_preset
 from sprout.models import build_model
@@ -81,12 +81,8 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     train(make_cfg(straight))
 
     # Interrupt like Ctrl-C after step 7 (not a save_every multiple), then resume to the same budget.
-    def ctrl_c_at_7(info: dict) -> None:
-        if info["step"] == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-
     resumed = tmp_path / "resumed"
-    path = train(make_cfg(resumed), on_step=ctrl_c_at_7)
+    path = train(make_cfg(resumed), on_step=ctrl_c_at(7))
     assert path.name == "step_0000007"
     assert not (resumed / "model.safetensors").exists()  # interrupted runs write no final model
     train(make_cfg(resumed, resume=True))

@@ -2,13 +2,13 @@
 the same final weights (adapter or full model) as an uninterrupted run."""
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from conftest import ctrl_c_at
 
 from sprout.config import TrainConfig, model_preset
 from sprout.data.builtin_post import dpo_pairs, write_post_builtin
@@ -63,12 +63,8 @@ def test_post_stage_stop_and_resume_matches_uninterrupted(stage: str, base: Path
     straight = tmp_path / "straight"
     train(cfg(straight))
 
-    def ctrl_c_at_3(info: dict) -> None:
-        if info["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
     resumed = tmp_path / "resumed"
-    assert train(cfg(resumed), on_step=ctrl_c_at_3).name == "step_0000003"
+    assert train(cfg(resumed), on_step=ctrl_c_at(3)).name == "step_0000003"
     train(cfg(resumed, resume=True))
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
