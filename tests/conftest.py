@@ -46,3 +46,17 @@ def ctrl_c_at(step: int) -> Callable[[dict], None]:
             os.kill(os.getpid(), signal.SIGINT)
 
     return on_step
+
+
+def save_tiny_chat_model(path):
+    """A tiny model (seed 0) with the built-in tokenizer's vocabulary, saved together with that
+    tokenizer: a model folder the post-training stages can start from. Returns (model, tokenizer)."""
+    from sprout.models import save_model
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    torch.manual_seed(0)
+    model = build_model(model_preset("tiny", vocab_size=tok.vocab_size))
+    save_model(model, path)
+    tok.save(path)
+    return model, tok

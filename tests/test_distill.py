@@ -5,9 +5,9 @@ import json
 import math
 
 import torch
+from conftest import save_tiny_chat_model
 
-from sprout.config import TrainConfig, model_preset
-from sprout.models import build_model, save_model
+from sprout.config import TrainConfig
 from sprout.train.objectives.distill import kd_loss
 
 
@@ -36,14 +36,9 @@ def test_kd_zero_when_student_is_teacher():
 def test_distill_stage_and_blackbox_generation(tmp_path):
     from sprout.infer.distill import generate_sft, load_prompts
     from sprout.infer.generate import SamplingConfig
-    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
     from sprout.train.engine import train
 
-    tok = Tokenizer.load(default_tokenizer_dir())
-    torch.manual_seed(0)
-    teacher = build_model(model_preset("tiny", vocab_size=tok.vocab_size))
-    save_model(teacher, tmp_path / "teacher")
-    tok.save(tmp_path / "teacher")
+    teacher, tok = save_tiny_chat_model(tmp_path / "teacher")
     cfg = TrainConfig(stage="distill", preset="tiny", tokenizer=str(tmp_path / "teacher"),
                       model_overrides={"vocab_size": tok.vocab_size, "hidden_size": 32, "num_hidden_layers": 1},
                       out=str(tmp_path / "student"), seq_len=64, batch_size=4, max_steps=2, eval_every=2,

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import save_tiny_chat_model
 
-from sprout.config import TrainConfig, model_preset
-from sprout.models import build_model, save_model
+from sprout.config import TrainConfig
 from sprout.train.objectives.dpo import _last_turn_labels, dpo_loss
 
 
@@ -74,14 +74,10 @@ def test_last_turn_labels():
 @pytest.mark.parametrize("reference", ["precompute", "frozen"])
 def test_dpo_stage_runs(tmp_path, reference):
     from sprout.data.builtin_post import dpo_pairs
-    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
     from sprout.train.engine import train
     import json
 
-    tok = Tokenizer.load(default_tokenizer_dir())
-    torch.manual_seed(0)
-    save_model(build_model(model_preset("tiny", vocab_size=tok.vocab_size)), tmp_path / "base")
-    tok.save(tmp_path / "base")
+    save_tiny_chat_model(tmp_path / "base")
     for name, split in (("train", "train"), ("val", "heldout")):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for r in dpo_pairs(split, limit=16, max_chars=60):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import save_tiny_chat_model
 
 from sprout.config import TrainConfig, model_preset
 from sprout.models import build_model, load_model, save_model
@@ -89,14 +90,9 @@ def test_merge_cli_function(tmp_path):
 
 
 def test_lora_stage_trains_and_saves_adapter(tmp_path):
-    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
     from sprout.train.engine import train
 
-    tok = Tokenizer.load(default_tokenizer_dir())
-    torch.manual_seed(0)
-    base = build_model(model_preset("tiny", vocab_size=tok.vocab_size))
-    save_model(base, tmp_path / "base")
-    tok.save(tmp_path / "base")
+    base, _ = save_tiny_chat_model(tmp_path / "base")
     cfg = TrainConfig(stage="lora", model=str(tmp_path / "base"), out=str(tmp_path / "run"), seq_len=64,
                       batch_size=4, max_steps=3, eval_every=0, log_every=1, save_every=0, lr=1e-2,
                       objective_args={"r": 2, "alpha": 4, "dataset": "identity"})

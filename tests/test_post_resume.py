@@ -8,23 +8,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ctrl_c_at
+from conftest import ctrl_c_at, save_tiny_chat_model
 
-from sprout.config import TrainConfig, model_preset
+from sprout.config import TrainConfig
 from sprout.data.builtin_post import dpo_pairs, write_post_builtin
 from sprout.data.builtin import write_jsonl
-from sprout.models import build_model, save_model
-from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+from sprout.tokenizer import Tokenizer
 from sprout.train.engine import train
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("base")
-    tok = Tokenizer.load(default_tokenizer_dir())
-    torch.manual_seed(0)
-    save_model(build_model(model_preset("tiny", vocab_size=tok.vocab_size)), path)
-    tok.save(path)
+    save_tiny_chat_model(path)
     return path
 
 
