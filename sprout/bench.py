@@ -12,7 +12,7 @@ import time
 def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, steps: int, device: str = "auto") -> list[dict]:
     import torch
 
-    from .config import model_preset
+    from .models import model_preset
     from .models import build_model
     from .train.device import select_device, select_precision
     from .train.optim import build_optimizer

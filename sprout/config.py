@@ -1,11 +1,12 @@
-"""Typed configuration: model architectures (with named presets) and training recipes.
+"""Training configuration: `TrainConfig`, YAML recipes and KEY=VALUE overrides.
+
+Model architectures and their named presets live in sprout.models (config.py, presets.py).
 
 A recipe is a YAML file whose keys are `TrainConfig` fields; command-line flags and
 `key=value` overrides are applied on top of it, so every stage is configured the same way.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,141 +15,6 @@ from typing import Any
 import yaml
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of a decoder-only transformer; field names follow transformers' configs."""
-
-    model_type: str = "qwen3"  # "qwen3" (QK-norm) or "llama" (no QK-norm)
-    vocab_size: int = 6400
-    hidden_size: int = 512
-    intermediate_size: int = 1408
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 2
-    head_dim: int | None = None  # defaults to hidden_size // num_attention_heads
-    rope_theta: float = 1e6
-    max_position_embeddings: int = 32768
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
-    attention_bias: bool = False
-    initializer_range: float = 0.02
-    # Special-token ids match the tokenizer sprout trains (<|endoftext|>=0, <|im_start|>=1, <|im_end|>=2).
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    pad_token_id: int = 0
-
-    def __post_init__(self) -> None:
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.model_type not in ("qwen3", "llama"):
-            raise ValueError(f"model_type must be 'qwen3' or 'llama', got {self.model_type!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-
-    @property
-    def qk_norm(self) -> bool:
-        """Qwen3 normalises each query/key head with RMSNorm before RoPE; Llama does not."""
-        return self.model_type == "qwen3"
-
-    # ---- Hugging Face config.json ----------------------------------------------------
-    def to_hf_dict(self) -> dict[str, Any]:
-        arch = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}[self.model_type]
-        d: dict[str, Any] = {
-            "architectures": [arch],
-            "model_type": self.model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            # transformers >= 5 reads RoPE settings from rope_parameters.
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
-            "attention_dropout": 0.0,
-            "initializer_range": self.initializer_range,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
-            "use_cache": True,
-        }
-        if self.model_type == "llama":
-            d["mlp_bias"] = False
-        return d
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        if d.get("model_type") not in ("qwen3", "llama"):
-            raise ValueError(
-                f"sprout's dense model reads model_type 'qwen3' or 'llama', this folder is {d.get('model_type')!r}"
-            )
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"only hidden_act='silu' is supported, got {d['hidden_act']!r}")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") not in ("default", None):
-            raise ValueError(f"RoPE scaling {rope.get('rope_type')!r} is not supported by the dense model yet")
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["rope_theta"] = float(theta)
-        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if isinstance(kw.get(k), list):
-                kw[k] = kw[k][0]
-            if kw.get(k) is None:
-                kw.pop(k, None)
-        return cls(**kw)
-
-    def num_parameters(self) -> int:
-        h, L, hd = self.hidden_size, self.num_hidden_layers, self.head_dim
-        attn = h * hd * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
-        mlp = 3 * h * self.intermediate_size
-        norms = 2 * h + (2 * hd if self.qk_norm else 0)
-        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return L * (attn + mlp + norms) + emb + h
-
-
-# MiniMind-compatible sizes. intermediate_size follows MiniMind's rule: 8/3 * hidden rounded up to 64.
-PRESETS: dict[str, ModelConfig] = {
-    "minimind2-small": ModelConfig(
-        model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-        num_attention_heads=8, num_key_value_heads=2,
-    ),
-    "minimind2": ModelConfig(
-        model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=16,
-        num_attention_heads=8, num_key_value_heads=2,
-    ),
-    "minimind3": ModelConfig(
-        model_type="qwen3", hidden_size=768, intermediate_size=2432, num_hidden_layers=8,
-        num_attention_heads=8, num_key_value_heads=4,
-    ),
-    # Sized so that tokenizer + pretrain + SFT + eval fit in ~20 minutes on 2 CPU cores.
-    "cpu": ModelConfig(
-        model_type="qwen3", hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    ),
-    # For unit tests only: a few thousand parameters.
-    "tiny": ModelConfig(
-        model_type="qwen3", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-    ),
-}
-
-
-def model_preset(name: str, **overrides: Any) -> ModelConfig:
-    from . import models  # noqa: F401  registers the presets of the other model families (MoE, ...)
-
-    if name not in PRESETS:
-        raise SystemExit(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
 
 
 @dataclass

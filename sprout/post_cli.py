@@ -18,7 +18,7 @@ def cmd_merge_lora(a: argparse.Namespace) -> None:
 
 def cmd_distill_generate(a: argparse.Namespace) -> None:
     from .infer.chat import load_chat_model
-    from .infer.distill import generate_sft, load_prompts
+    from .infer.teacher_answers import generate_sft, load_prompts
     from .infer.generate import SamplingConfig
 
     model, tok = load_chat_model(a.teacher, a.lora, a.device)

@@ -5,7 +5,7 @@ from typing import Callable
 import pytest
 import torch
 
-from sprout.config import model_preset
+from sprout.models import model_preset
 from sprout.models import build_model
 
 

@@ -246,7 +246,7 @@ def test_pack_best_fit_places_everything_once():
 
 
 def test_packed_rows_keep_conversations_apart(tmp_path, tok):
-    from sprout.config import model_preset
+    from sprout.models import model_preset
     from sprout.models import build_model
 
     d, _ = _sft_dir(tmp_path, tok, SFT_RECORDS)

@@ -34,7 +34,7 @@ def test_kd_zero_when_student_is_teacher():
 
 
 def test_distill_stage_and_blackbox_generation(tmp_path):
-    from sprout.infer.distill import generate_sft, load_prompts
+    from sprout.infer.teacher_answers import generate_sft, load_prompts
     from sprout.infer.generate import SamplingConfig
     from sprout.train.engine import train
 

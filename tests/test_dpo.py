@@ -73,7 +73,7 @@ def test_last_turn_labels():
 
 @pytest.mark.parametrize("reference", ["precompute", "frozen"])
 def test_dpo_stage_runs(tmp_path, reference):
-    from sprout.data.builtin_post import dpo_pairs
+    from sprout.data.builtin_sets import dpo_pairs
     from sprout.train.engine import train
     import json
 

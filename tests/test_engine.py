@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from conftest import ctrl_c_at
 
-from sprout.config import TrainConfig, model_preset
+from sprout.config import TrainConfig
+from sprout.models import model_preset
 from sprout.models import build_model
 from sprout.train import register, train
 from sprout.train.checkpoint import LATEST, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import save_tiny_chat_model
 
-from sprout.config import TrainConfig, model_preset
+from sprout.config import TrainConfig
+from sprout.models import model_preset
 from sprout.models import build_model, load_model, save_model
 from sprout.train.lora import (LoRALinear, apply_lora, load_adapter, lora_parameters, merge_lora,
                                save_adapter)

@@ -78,7 +78,7 @@ def test_moe_model_aux_loss_and_metrics():
 
 
 def tiny_moe(**kw):
-    from sprout.config import model_preset
+    from sprout.models import model_preset
     from sprout.models import build_model
     torch.manual_seed(0)
     model = build_model(model_preset("tiny-moe", **kw)).eval()
@@ -115,7 +115,7 @@ def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_pa
 
 
 def test_presets_match_minimind_sizes():
-    from sprout.config import model_preset
+    from sprout.models import model_preset
     m2, m3 = model_preset("minimind2-moe"), model_preset("minimind3-moe")
     assert (m2.hidden_size, m2.num_hidden_layers, m2.num_experts, m2.num_experts_per_tok) == (640, 8, 4, 2)
     assert m2.shared_expert_intermediate_size > 0

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import ctrl_c_at, save_tiny_chat_model
 
 from sprout.config import TrainConfig
-from sprout.data.builtin_post import dpo_pairs, write_post_builtin
+from sprout.data.builtin_sets import dpo_pairs, write_post_builtin
 from sprout.data.builtin import write_jsonl
 from sprout.tokenizer import Tokenizer
 from sprout.train.engine import train

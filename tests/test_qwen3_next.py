@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import assert_cached_decoding_matches_full_forward
 
-from sprout.config import model_preset
+from sprout.models import model_preset
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import build_model, load_model, save_model
 from sprout.models.qwen3_next import _l2norm, gated_delta_chunkwise, gated_delta_recurrent

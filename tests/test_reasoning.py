@@ -8,7 +8,7 @@ from sprout.train.objectives.reasoning import tag_weighted_ce
 
 
 def test_reasoning_records_render_think_blocks():
-    from sprout.data.builtin_post import reasoning_records
+    from sprout.data.builtin_sets import reasoning_records
     from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
 
     tok = Tokenizer.load(default_tokenizer_dir())
@@ -47,7 +47,7 @@ def test_tag_weighted_ce():
 
 
 def test_think_block_counter():
-    from sprout.infer.post_eval import think_blocks
+    from sprout.eval.skills import think_blocks
 
     assert think_blocks("<think>\nx\n</think>\n\nA") == (1, True)
     assert think_blocks("<think>\n\n</think>\n\nA") == (1, False)

@@ -49,7 +49,7 @@ def test_run_tool_and_parse():
 
 
 def test_builtin_tool_data_is_correct():
-    from sprout.data.builtin_post import tool_eval_questions, tool_records
+    from sprout.data.builtin_sets import tool_eval_questions, tool_records
     from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
 
     recs = tool_records(200)
@@ -112,7 +112,7 @@ def test_chat_executes_tool_calls():
 
 
 def test_post_eval_argument_matching():
-    from sprout.infer.post_eval import _same_args
+    from sprout.eval.skills import _same_args
 
     want = {"value": 30, "from_unit": "km", "to_unit": "mile"}
     assert _same_args({"value": 30.0, "from_unit": "km", "to_unit": "mile"}, want)

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import DecoderLayer, SproutForCausalLM, build_attention_mask
 from .layers import RMSNorm, SwiGLU
-from .moe import MoEBlock, base_hf_dict, config_kwargs_from_hf, moe_metrics
+from .moe import MoEBlock, moe_metrics
 
 
 @dataclass
@@ -60,11 +60,20 @@ class DeepseekV3Config(ModelConfig):
     num_nextn_predict_layers: int = 1
     mtp_loss_weight: float = 0.3
 
+    num_key_value_heads: int | None = None  # MLA: every head has its own k/v, so this equals num_attention_heads
+    head_dim: int | None = None  # what RoPE rotates: qk_rope_head_dim (transformers' convention)
+
     def __post_init__(self) -> None:
         if self.model_type != "deepseek_v3":
             raise ValueError(f"DeepseekV3Config.model_type must be deepseek_v3, got {self.model_type!r}")
-        self.num_key_value_heads = self.num_attention_heads  # MLA: every head has its own k/v
-        self.head_dim = self.qk_rope_head_dim  # what RoPE rotates (transformers uses the same convention)
+        # Derived fields: filled in when left unset, an error when set to something else.
+        for name, value in (("num_key_value_heads", self.num_attention_heads), ("head_dim", self.qk_rope_head_dim)):
+            given = getattr(self, name)
+            if given is not None and given != value:
+                raise ValueError(f"DeepseekV3Config: {name}={given} contradicts MLA, which needs {value} "
+                                 f"({'num_attention_heads' if name == 'num_key_value_heads' else 'qk_rope_head_dim'}); "
+                                 f"leave {name} unset")
+            setattr(self, name, value)
 
     @property
     def qk_norm(self) -> bool:
@@ -87,10 +96,7 @@ class DeepseekV3Config(ModelConfig):
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> "DeepseekV3Config":
-        kw = config_kwargs_from_hf(cls, d)
-        kw.pop("head_dim", None)
-        kw.pop("num_key_value_heads", None)
-        return cls(**kw)
+        return cls(**config_kwargs_from_hf(cls, d))
 
     def num_parameters(self, active: bool = False) -> int:
         import torch.nn as _nn  # noqa: F401  (counting by building is exact and cheap at meta size)

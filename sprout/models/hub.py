@@ -13,13 +13,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
+from .deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM
 from .dense import SproutForCausalLM
+from .moe import MoEConfig, MoEForCausalLM
+from .qwen3_next import Qwen3NextConfig, Qwen3NextForCausalLM
 
-# model_type -> (config reader, model class). Other families register here.
-REGISTRY: dict[str, tuple[Callable[[dict], object], Callable[[object], nn.Module]]] = {
+# model_type (config.json) -> (config reader, model class): every family sprout reads and writes.
+REGISTRY: dict[str, tuple[Callable[[dict], ModelConfig], Callable[..., nn.Module]]] = {
     "qwen3": (ModelConfig.from_hf_dict, SproutForCausalLM),
     "llama": (ModelConfig.from_hf_dict, SproutForCausalLM),
+    "qwen3_moe": (MoEConfig.from_hf_dict, MoEForCausalLM),
+    "qwen2_moe": (MoEConfig.from_hf_dict, MoEForCausalLM),
+    "deepseek_v3": (DeepseekV3Config.from_hf_dict, DeepseekV3ForCausalLM),
+    "qwen3_next": (Qwen3NextConfig.from_hf_dict, Qwen3NextForCausalLM),
 }
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .cache import KVCache
 from .rope import RotaryEmbedding  # noqa: F401
 

@@ -21,14 +21,14 @@ Parameter names follow transformers' on-disk layout (`mlp.gate.weight`, `mlp.exp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import SproutForCausalLM
 from .layers import SwiGLU
 
@@ -182,38 +182,6 @@ def moe_metrics(model: nn.Module) -> dict[str, float]:
 
 
 # ---- config + model: qwen3_moe / qwen2_moe -------------------------------------------------------
-
-HF_BASE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-                "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def base_hf_dict(cfg: ModelConfig, arch: str) -> dict[str, Any]:
-    d = {"architectures": [arch], "model_type": cfg.model_type, "hidden_act": "silu"}
-    d.update({k: getattr(cfg, k) for k in HF_BASE_KEYS})
-    d.update({"rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-              "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True})
-    return d
-
-
-def config_kwargs_from_hf(cls, d: dict[str, Any]) -> dict[str, Any]:
-    """The dataclass fields of `cls` found in an HF config dict (RoPE theta and token ids normalised)."""
-    if d.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"only hidden_act='silu' is supported, got {d['hidden_act']!r}")
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ValueError(f"RoPE scaling {rope.get('rope_type')!r} in config.json is not supported; "
-                         "use sprout.models.rope.apply_rope_scaling after loading")
-    names = {f.name for f in fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    kw["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
-    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if isinstance(kw.get(k), list):
-            kw[k] = kw[k][0]
-        if kw.get(k) is None:
-            kw.pop(k, None)
-    return kw
-
 
 @dataclass
 class MoEConfig(ModelConfig):

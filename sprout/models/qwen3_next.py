@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .cache import KVCache
 from .dense import DecoderLayer, SproutForCausalLM
 from .layers import rotate_half
-from .moe import MoEBlock, base_hf_dict, config_kwargs_from_hf, moe_metrics
+from .moe import MoEBlock, moe_metrics
 
 
 class ZeroCenteredRMSNorm(nn.Module):

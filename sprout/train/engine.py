@@ -428,6 +428,7 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            objective.on_optimizer_step(model)
             step += 1
 
             loss_value = loss_sum.item() / cfg.grad_accum

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from ...config import TrainConfig, model_preset
-from ...models import build_model, load_model, save_model
+from ...config import TrainConfig
+from ...models import build_model, load_model, model_preset, save_model
 
 
 class Objective:
@@ -63,6 +63,23 @@ class Objective:
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once the model is on its device (e.g. move a frozen reference model there too)."""
 
+    def builtin_or_data(self, name: str, **kw: Any) -> str:
+        """cfg.data if given, else built-in set `name` written once as jsonl under cfg.out/data: `pretrain` and
+        `sft` from sprout.data.builtin, the post-training sets (identity, dpo, tools, ...) from builtin_sets."""
+        if self.cfg.data:
+            return self.cfg.data
+        path = Path(self.cfg.out) / "data" / f"builtin-{name}.jsonl"
+        if not path.exists():
+            if name in ("pretrain", "sft"):
+                from ...data.builtin import write_builtin
+
+                write_builtin(name, path, **kw)
+            else:
+                from ...data.builtin_sets import write_post_builtin
+
+                write_post_builtin(name, path, **kw)
+        return str(path)
+
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs the optimizer updates; default: all that require grad.
         A LoRA objective freezes the base here and yields only the adapter factors."""
@@ -92,6 +109,10 @@ class Objective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+    def on_optimizer_step(self, model: nn.Module) -> None:
+        """Called by the engine after each optimizer step that was taken (not after skipped ones), on every rank:
+        the place for per-step updates outside the gradient (e.g. MoE routing-bias balancing)."""
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""

@@ -6,7 +6,7 @@ averaged over the positions that carry a label (assistant tokens of the SFT data
 (objective_args.teacher, a model folder) is frozen; teacher and student share the tokenizer but may
 differ in size: start the student from model=DIR or a fresh preset with model_overrides.
 objective_args: teacher (required), temperature (2.0), alpha (0.5), dataset (built-in SFT set name
-from sprout.data.builtin_post, e.g. "domain"; default the normal built-in SFT data).
+from sprout.data.builtin_sets, e.g. "domain"; default the normal built-in SFT data).
 Logged metrics: ce (the student's plain cross-entropy, comparable to an SFT run's loss) and kd.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from torch import nn
 from ...models import load_model
 from . import register
 from .lm import SFTObjective
-from .post_data import post_data_source
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -57,7 +56,7 @@ class DistillObjective(SFTObjective):
 
     def data_source(self) -> str:
         if self.args.get("dataset") and not self.cfg.data:
-            return post_data_source(self.cfg, self.args["dataset"])
+            return self.builtin_or_data(self.args["dataset"])
         return super().data_source()
 
     def cache_dir(self) -> Path:

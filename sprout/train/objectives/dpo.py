@@ -28,7 +28,6 @@ from torch.utils.data import Dataset
 from ...models import load_model
 from . import register
 from .base import Objective, move_batch
-from .post_data import post_data_source
 
 LOSSES = ("sigmoid", "ipo")
 
@@ -218,10 +217,10 @@ class DPOObjective(Objective):
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
         limit = self.args.get("limit")
-        train = self._load_split(post_data_source(self.cfg, "dpo"), tokenizer, "train", limit)
+        train = self._load_split(self.builtin_or_data("dpo"), tokenizer, "train", limit)
         val_src = self.args.get("val_data")
         if val_src is None:
-            from ...data.builtin_post import write_post_builtin
+            from ...data.builtin_sets import write_post_builtin
 
             val_src = Path(self.cfg.out) / "data" / "builtin-dpo-heldout.jsonl"
             if not val_src.exists():

@@ -42,15 +42,8 @@ class CausalLMObjective(Objective):
         return loss, metrics
 
     def data_source(self) -> str:
-        """cfg.data, or the built-in corpus for this stage written once as jsonl under cfg.out."""
-        if self.cfg.data:
-            return self.cfg.data
-        from ...data.builtin import write_builtin
-
-        path = Path(self.cfg.out) / "data" / f"builtin-{self.data_kind}.jsonl"
-        if not path.exists():
-            write_builtin(self.data_kind, path)
-        return str(path)
+        """cfg.data, or the built-in corpus for this stage."""
+        return self.builtin_or_data(self.data_kind)
 
     def cache_dir(self) -> Path:
         """Pre-tokenized shards live beside the run; the data module re-uses them when the key matches."""

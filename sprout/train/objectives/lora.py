@@ -15,7 +15,6 @@ from torch import nn
 from ..lora import DEFAULT_TARGETS, apply_lora, load_adapter, lora_parameters, save_adapter
 from . import register
 from .lm import SFTObjective
-from .post_data import post_data_source
 
 
 @register
@@ -47,7 +46,7 @@ class LoRAObjective(SFTObjective):
     def data_source(self) -> str:
         dataset = self.args.get("dataset", "identity")
         kw = {k: self.args[k] for k in ("name", "maker") if k in self.args and dataset == "identity"}
-        return post_data_source(self.cfg, dataset, **kw)
+        return self.builtin_or_data(dataset, **kw)
 
     def cache_dir(self) -> Path:
         return Path(self.cfg.out) / "tokenized" / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"

@@ -17,7 +17,6 @@ from torch import nn
 
 from . import register
 from .lm import SFTObjective
-from .post_data import post_data_source
 
 TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>")
 
@@ -48,7 +47,7 @@ class _TaggedSFT(SFTObjective):
 
     def data_source(self) -> str:
         kw = {k: self.args[k] for k in ("n", "think_fraction", "all_tools_fraction", "direct_fraction") if k in self.args}
-        return post_data_source(self.cfg, self.builtin, **kw)
+        return self.builtin_or_data(self.builtin, **kw)
 
     def cache_dir(self) -> Path:
         return Path(self.cfg.out) / "tokenized" / self.builtin

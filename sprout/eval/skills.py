@@ -1,4 +1,4 @@
-"""Checks for the post-training stages (used by the docs' numbers; run with `python -m sprout.infer.post_eval`).
+"""Checks for the post-training stages (used by the docs' numbers; run with `python -m sprout.eval.skills`).
 
     reasoning MODEL   fraction of generations with exactly one well-formed <think>…</think> block
                       (thinking on) and with none (thinking off), on held-out word problems
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .generate import SamplingConfig, generate
+from ..infer.generate import SamplingConfig, generate
 
 _OPEN, _CLOSE = "<think>", "</think>"
 
@@ -51,7 +51,7 @@ def _gen(model, tok, convs: list[list[dict]], thinking: bool, max_new: int, tool
 
 
 def reasoning_eval(model, tok, n: int = 50) -> dict[str, Any]:
-    from ..data.builtin_post import reasoning_prompts
+    from ..data.builtin_sets import reasoning_prompts
 
     items = reasoning_prompts(n)
     convs = [[{"role": "user", "content": it["question"]}] for it in items]
@@ -78,7 +78,7 @@ def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "need
     listed: the model must pick) or "none" (no tools: the baseline of a model answering by itself).
     A final answer is correct when its last number is the true value (arithmetic, computed with
     Python integers) or when it contains the tool's output for the correct call (units, dates)."""
-    from ..data.builtin_post import tool_eval_questions
+    from ..data.builtin_sets import tool_eval_questions
     from ..tools import run_tool, tool_specs
 
     items = tool_eval_questions(n, kind=kind)
@@ -120,7 +120,7 @@ def _same_args(got: Any, want: dict) -> bool:
 def _restraint(model, tok, n: int, max_new: int) -> float:
     """Held-out insurance questions (insuranceqa valid) with every tool offered: the fraction the
     model answers without calling any tool (none of the tools can help)."""
-    from ..data.builtin_post import dpo_pairs
+    from ..data.builtin_sets import dpo_pairs
     from ..tools import tool_specs
 
     questions = [p["chosen"][0]["content"] for p in dpo_pairs("heldout", limit=n)]
@@ -134,7 +134,7 @@ def _restraint(model, tok, n: int, max_new: int) -> float:
 def _ask(model, tok, question: str, tools: list[dict] | None, max_new: int):
     """One greedy user turn through the same ChatSession as `sprout chat` (tool calls are executed,
     one round); returns the session, whose history holds the calls, results and final answer."""
-    from .chat import ChatSession
+    from ..infer.chat import ChatSession
 
     session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
                           tools=tools, max_tool_rounds=1)
@@ -150,9 +150,9 @@ def identity_eval(model, tok, questions=("Who are you?", "What is your name?", "
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .chat import load_chat_model
+    from ..infer.chat import load_chat_model
 
-    p = argparse.ArgumentParser(prog="python -m sprout.infer.post_eval")
+    p = argparse.ArgumentParser(prog="python -m sprout.eval.skills")
     p.add_argument("check", choices=["reasoning", "tools", "identity"])
     p.add_argument("model")
     p.add_argument("--lora")

@@ -1,24 +1,42 @@
-"""Model families beyond the dense decoder: their HF model_types and their named presets.
+"""Named model presets of every family: `--preset NAME` for a fresh model, `model_preset(NAME)` in code.
 
-Importing this module registers each family's `model_type` in `hub.REGISTRY` (so `load_model`,
-`save_model` and `build_model` work on its folders) and adds its presets to `sprout.config.PRESETS`
-(so training any family is only `--preset NAME`).
+Dense sizes follow MiniMind's (intermediate_size = 8/3 * hidden rounded up to 64); the family presets are
+sized to land where Mini-LLM's README puts them, plus `cpu-*` (minutes on 2 CPU cores) and `tiny*` (tests).
 """
 from __future__ import annotations
 
-from ..config import PRESETS
-from .deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM
-from .moe import MoEConfig, MoEForCausalLM
-from .qwen3_next import Qwen3NextConfig, Qwen3NextForCausalLM
+import dataclasses
+from typing import Any
 
-FAMILIES = {
-    "qwen3_moe": (MoEConfig.from_hf_dict, MoEForCausalLM),
-    "qwen2_moe": (MoEConfig.from_hf_dict, MoEForCausalLM),
-    "deepseek_v3": (DeepseekV3Config.from_hf_dict, DeepseekV3ForCausalLM),
-    "qwen3_next": (Qwen3NextConfig.from_hf_dict, Qwen3NextForCausalLM),
-}
+from .config import ModelConfig
+from .deepseek_v3 import DeepseekV3Config
+from .moe import MoEConfig
+from .qwen3_next import Qwen3NextConfig
 
-FAMILY_PRESETS = {
+PRESETS: dict[str, ModelConfig] = {
+    "minimind2-small": ModelConfig(
+        model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=2,
+    ),
+    "minimind2": ModelConfig(
+        model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=16,
+        num_attention_heads=8, num_key_value_heads=2,
+    ),
+    "minimind3": ModelConfig(
+        model_type="qwen3", hidden_size=768, intermediate_size=2432, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=4,
+    ),
+    # Sized so that tokenizer + pretrain + SFT + eval fit in ~20 minutes on 2 CPU cores.
+    "cpu": ModelConfig(
+        model_type="qwen3", hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    ),
+    # For unit tests only: a few thousand parameters.
+    "tiny": ModelConfig(
+        model_type="qwen3", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    ),
+
     # MiniMind2-MoE: 640 hidden, 8 layers, 1 shared + 4 routed experts, top-2 (~145M params with a 6400 vocab).
     # A shared expert is the qwen2_moe layout (one shared expert behind a sigmoid gate).
     "minimind2-moe": MoEConfig(
@@ -89,12 +107,10 @@ FAMILY_PRESETS = {
 }
 
 
-def register() -> None:
-    from .hub import REGISTRY
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A copy of preset `name` with some fields changed (e.g. vocab_size to fit a tokenizer)."""
+    if name not in PRESETS:
+        raise SystemExit(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
 
-    REGISTRY.update(FAMILIES)
-    for name, cfg in FAMILY_PRESETS.items():
-        PRESETS.setdefault(name, cfg)
 
-
-register()

@@ -32,9 +32,9 @@ def _prompt_messages(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def load_prompts(source: str, limit: int | None = None) -> list[list[dict[str, Any]]]:
-    """Prompts from a jsonl file, or `builtin:NAME` (a set of sprout.data.builtin_post)."""
+    """Prompts from a jsonl file, or `builtin:NAME` (a set of sprout.data.builtin_sets)."""
     if source.startswith("builtin:"):
-        from ..data.builtin_post import BUILDERS
+        from ..data.builtin_sets import BUILDERS
 
         records: Iterable[dict] = BUILDERS[source.split(":", 1)[1]]()
     else:
