@@ -64,7 +64,7 @@ class ModelConfig:
         return cls(**config_kwargs_from_hf(cls, d))
 
     def num_parameters(self) -> int:
-        h, L, hd = self.hidden_size, self.num_hidden_layers, self.head_dim
+        h, L, hd = self.hidden_size, self.num_hidden_layers, self.head_dim or self.hidden_size // self.num_attention_heads
         attn = h * hd * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
         mlp = 3 * h * self.intermediate_size
         norms = 2 * h + (2 * hd if self.qk_norm else 0)
@@ -78,7 +78,7 @@ HF_BASE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
 
 
 def base_hf_dict(cfg: ModelConfig, arch: str) -> dict[str, Any]:
-    d = {"architectures": [arch], "model_type": cfg.model_type, "hidden_act": "silu"}
+    d: dict[str, Any] = {"architectures": [arch], "model_type": cfg.model_type, "hidden_act": "silu"}
     d.update({k: getattr(cfg, k) for k in HF_BASE_KEYS})
     d.update({"rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
               "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True})
