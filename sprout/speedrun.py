@@ -60,22 +60,28 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
         train_tokenizer(texts, settings["vocab_size"]).save(tok_dir)
     timings["tokenizer_s"] = time.time() - t
 
-    # 3. pretrain, then 4. SFT from the pretrained weights; both through the one engine
-    stage_minutes = {}
-    if minutes:  # split a total budget the way the recipe splits its own
-        p, s = load_recipe(recipe, "pretrain").get("max_minutes", 1), load_recipe(recipe, "sft").get("max_minutes", 1)
+    # 3. pretrain, then 4. SFT from the pretrained weights; both through the one engine. The recipes' budgets
+    # are tokens (reproducible on a busy machine); --minutes replaces them with a clock budget split the way
+    # the recipe splits its tokens.
+    stage_minutes: dict[str, float] = {}
+    overrides: list[str] = []
+    if minutes:
+        p, s = (float(load_recipe(recipe, st).get("max_tokens") or load_recipe(recipe, st).get("max_minutes") or 1)
+                for st in ("pretrain", "sft"))
         stage_minutes = {"pretrain": minutes * p / (p + s), "sft": minutes * s / (p + s)}
+        overrides = ["max_tokens=null"]
     base_dir, chat_dir = out / "pretrain", out / "sft"
     cfgs = {}
     for stage, data, start, stage_out in (("pretrain", pretrain_data, None, base_dir), ("sft", sft_data, base_dir, chat_dir)):
         flags = {"data": data, "out": str(stage_out), "tokenizer": str(tok_dir), "model": str(start) if start else None,
                  "max_minutes": stage_minutes.get(stage)}
-        cfgs[stage] = cfg = build_train_config(recipe, stage, flags, [])
+        cfgs[stage] = cfg = build_train_config(recipe, stage, flags, overrides)
         t = time.time()
         if (stage_out / "model.safetensors").exists():
             _log(f"{stage}: found a finished model in {stage_out}, skipping")
         else:
-            _log(f"{stage}: {cfg.max_minutes or '-'} min budget -> {stage_out}")
+            budget = f"{cfg.max_tokens:,} tokens" if cfg.max_tokens else f"{cfg.max_minutes or '-'} min"
+            _log(f"{stage}: {budget} budget -> {stage_out}")
             cfg.resume = (stage_out / "checkpoints" / "latest").exists()
             train(cfg)
         timings[f"{stage}_s"] = time.time() - t
@@ -114,7 +120,8 @@ def evaluate(base_dir: Path, chat_dir: Path, sft_cfg, n_questions: int) -> dict:
                     results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, f"{task} (base model)")]
     model, tok = load_for_inference(str(chat_dir))
     with torch.inference_mode():
-        for task in ("insuranceqa-zh", "insuranceqa-en", "idiom-zh"):
+        for task in ("insuranceqa-zh", "insuranceqa-en", "insuranceqa-zh-as-written", "insuranceqa-en-as-written",
+                     "idiom-zh"):
             items = builtin_items(task, n_questions)
             results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, task)]
         results["samples"] = generate_samples(model, tok, sample_questions())

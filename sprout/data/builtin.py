@@ -26,6 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from .greetings import greeting_records
+from .typed_variants import clean_question_en, normalise, typed_variant
+
 # pip names, for error messages when a data package is missing.
 _PIP_NAMES = {
     "insuranceqa_data": "insuranceqa-data==1.0",
@@ -44,6 +47,7 @@ SFT_IDIOMS = 6000
 SFT_CHITCHAT = 6000
 CHITCHAT_TURNS = 8  # long chats are cut into conversations of at most this many turns
 SYSTEM_PROMPT_FRACTION = 0.08
+TYPED_FRACTION = 0.3  # insuranceqa questions rewritten as people type them (case, punctuation, spaces)
 
 
 def _package_dir(name: str) -> Path:
@@ -55,34 +59,6 @@ def _package_dir(name: str) -> Path:
 
 
 # ---- insuranceqa ----------------------------------------------------------------------------
-
-def clean_question_en(q: str) -> str:
-    """'Is  Disability  Insurance  Required  By  Law?' -> 'Is disability insurance required by law?'
-
-    The English questions are in Title Case with doubled spaces. We collapse whitespace and use
-    sentence case: a Titlecase word is lower-cased, while all-caps words (AAA, IRA, COBRA), words
-    with digits (401K) and "I"/"I'm" are kept. Proper names (e.g. 'Hawaii') become lower case:
-    an accepted loss, there is no name list to consult offline.
-    """
-    words = q.split()
-
-    def fix(w: str) -> str:
-        parts = w.split("-")
-        out = []
-        for p in parts:
-            if re.fullmatch(r"I('[a-z]+)?", p):
-                out.append(p)
-            elif p[:1].isupper() and p[1:] == p[1:].lower() and not any(c.isdigit() for c in p):
-                out.append(p.lower())
-            else:
-                out.append(p)
-        return "-".join(out)
-
-    fixed = [fix(w) for w in words]
-    if fixed:
-        fixed[0] = fixed[0][:1].upper() + fixed[0][1:]
-    return " ".join(fixed)
-
 
 def _clean_zh(s: str) -> str:
     return " ".join(s.split())
@@ -99,6 +75,12 @@ def _iqa() -> dict[str, Any]:
 
 def _question(item: dict, lang: str) -> str:
     return clean_question_en(item["en"]) if lang == "en" else _clean_zh(item["zh"])
+
+
+def _eval_question(item: dict, lang: str, as_written: bool) -> str:
+    """A validation question as the dataset writes it ('Does  Medicare  Pick  Up  Co  Pays?') or normalised
+    ('Does medicare pick up co pays?'), the form training data is cleaned to."""
+    return item[lang] if as_written else normalise(_question(item, lang))
 
 
 def _answer(aid: str, lang: str) -> str:
@@ -141,10 +123,11 @@ def insuranceqa_train_pairs() -> tuple[tuple[str, str, str, str], ...]:
 
 def insuranceqa_choice(
     split: str = "valid", lang: str = "zh", n_negatives: int = 3, seed: int = 0,
-    allow_test: bool = False, limit: int | None = None,
+    allow_test: bool = False, limit: int | None = None, as_written: bool = False,
 ) -> list[dict]:
     """Multiple-choice items `{question, options, answer}`: the gold answer plus `n_negatives`
-    answers drawn (seeded) from the question's own same-domain negatives, gold position shuffled."""
+    answers drawn (seeded) from the question's own same-domain negatives, gold position shuffled.
+    The question is normalised, or with `as_written` exactly as the dataset writes it."""
     if split == "test" and not allow_test:
         raise ValueError("the insuranceqa test split is reserved for independent checks; pass allow_test=True")
     if split not in ("train", "valid", "test"):
@@ -163,7 +146,7 @@ def insuranceqa_choice(
         options = [gold] + rng.sample(pool, n_negatives)
         rng.shuffle(options)
         items.append({
-            "question": _question(item, lang),
+            "question": _eval_question(item, lang, as_written),
             "options": [_answer(a, lang) for a in options],
             "answer": options.index(gold),
         })
@@ -335,9 +318,12 @@ def sft_sources(seed: int = 0) -> dict[str, list[dict]]:
     def system(lang: str) -> str | None:
         return rng.choice(SYSTEM_PROMPTS[lang]) if rng.random() < SYSTEM_PROMPT_FRACTION else None
 
+    def typed(q: str) -> str:
+        return typed_variant(q, rng) if rng.random() < TYPED_FRACTION else q
+
     pairs = insuranceqa_train_pairs()
-    iqa_zh = [_conv([qz, az], system("zh")) for qz, _, az, _ in pairs]
-    iqa_en = [_conv([qe, ae], system("en")) for _, qe, _, ae in pairs]
+    iqa_zh = [_conv([typed(qz), az], system("zh")) for qz, _, az, _ in pairs]
+    iqa_en = [_conv([typed(qe), ae], system("en")) for _, qe, _, ae in pairs]
 
     idioms = _idioms()
     idioms = rng.sample(idioms, min(SFT_IDIOMS, len(idioms)))
@@ -358,6 +344,7 @@ def sft_sources(seed: int = 0) -> dict[str, list[dict]]:
         "chitchat": chunks,
         "chatterbot_zh": [_conv(t, system("zh")) for t in _chatterbot("zh")],
         "chatterbot_en": [_conv(t, system("en")) for t in _chatterbot("en")],
+        "greetings": greeting_records(seed=seed),
     }
 
 

@@ -1,7 +1,10 @@
 """Built-in multiple-choice tasks made from packaged data (no download).
 
-- `insuranceqa-zh`, `insuranceqa-en`: a validation-split question, its gold answer and three
-  answers drawn from the question's own same-domain negatives (`insuranceqa_choice`).
+- `insuranceqa-zh`, `insuranceqa-en`: a validation-split question (normalised: single spaces, sentence case,
+  one question mark), its gold answer and three answers drawn from the question's own same-domain negatives
+  (`insuranceqa_choice`); `insuranceqa-zh-as-written`, `insuranceqa-en-as-written`: the same items with the
+  question exactly as the dataset writes it (English in Title Case with doubled spaces). The two should agree
+  within a few points for a model that copes with how people type.
 - `idiom-zh`: "成语「X」是什么意思？" with X's explanation and the explanations of three other
   idioms drawn at random (seeded). The pretraining corpus contains every idiom's entry, so this
   measures how much of what the model read it can recall — not generalisation to unseen text.
@@ -12,7 +15,8 @@ from __future__ import annotations
 
 import random
 
-BUILTIN_TASKS = ("insuranceqa-zh", "insuranceqa-en", "idiom-zh")
+BUILTIN_TASKS = ("insuranceqa-zh", "insuranceqa-en", "insuranceqa-zh-as-written", "insuranceqa-en-as-written",
+                 "idiom-zh")
 
 
 def idiom_choice(n: int = 300, n_negatives: int = 3, seed: int = 0) -> list[dict]:
@@ -38,10 +42,11 @@ def idiom_choice(n: int = 300, n_negatives: int = 3, seed: int = 0) -> list[dict
 
 
 def builtin_items(task: str, limit: int = 300, seed: int = 0) -> list[dict]:
-    if task.startswith("insuranceqa-"):
+    if task in BUILTIN_TASKS and task.startswith("insuranceqa-"):
         from ..data.builtin import insuranceqa_choice
 
-        return insuranceqa_choice("valid", task.split("-", 1)[1], seed=seed, limit=limit)
+        lang = task.split("-")[1]
+        return insuranceqa_choice("valid", lang, seed=seed, limit=limit, as_written=task.endswith("-as-written"))
     if task == "idiom-zh":
         return idiom_choice(limit, seed=seed)
     raise ValueError(f"unknown task {task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
