@@ -8,6 +8,7 @@ from sprout.models import model_preset
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import build_model, load_model, save_model
 from sprout.models.deepseek_v3 import LatentCache
+from sprout.models.moe import update_router_biases
 
 
 def tiny_ds(**kw):
@@ -26,20 +27,28 @@ def tiny_ds(**kw):
 def test_cache_stores_only_the_latent_and_decoding_equals_full_forward():
     model = tiny_ds()
     cache = model.new_cache(2, 32)
-    assert isinstance(cache, LatentCache) and cache.c[0].shape == (2, 32, 16) and cache.kr[0].shape == (2, 32, 8)
+    assert isinstance(cache, LatentCache) and set(cache.columns) == {"c", "kr"}
+    assert cache.columns["c"][0].shape == (2, 32, 16) and cache.columns["kr"][0].shape == (2, 32, 8)
     assert_cached_decoding_matches_full_forward(model)
 
 
-def test_training_forward_adds_mtp_and_balance_losses_and_updates_the_bias():
+def test_training_forward_returns_mtp_logits_balance_loss_and_expert_load_and_leaves_the_bias():
     model = tiny_ds(aux_loss_alpha=0.01, bias_update_rate=0.01).train()
     before = model.model.layers[1].mlp.gate.e_score_correction_bias.clone()
     out = model(torch.randint(3, 512, (2, 16)))
-    m = model.metrics()
-    assert out.aux_loss is not None and out.aux_loss > 0.3 * m["mtp_loss"] * 0.99
-    assert "moe/L1/max_min" in m and "moe/L0/max_min" not in m  # layer 0 is dense
+    assert set(out.aux_losses) == {"moe_balance"} and out.aux_losses["moe_balance"] > 0
+    assert [t.shape for t in out.mtp_logits] == [(2, 15, 512)] and out.mtp_loss_weight == 0.3
+    assert set(out.expert_load) == {1} and out.expert_load[1].sum() == 2 * 16 * 2  # layer 0 is dense; top-2
+    # The forward pass changes no state: the bias moves only in the once-per-step update.
+    assert torch.equal(before, model.model.layers[1].mlp.gate.e_score_correction_bias)
+    update_router_biases(model, out.expert_load)
     assert not torch.equal(before, model.model.layers[1].mlp.gate.e_score_correction_bias)
-    out.aux_loss.backward()
+    out.mtp_logits[0].sum().backward()
     assert model.mtp[0].eh_proj.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randint(3, 512, (2, 16)))
+    assert out.mtp_logits == [] and out.aux_losses == {}
 
 
 def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_path):

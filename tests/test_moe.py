@@ -7,7 +7,7 @@ from conftest import assert_cached_decoding_matches_full_forward
 
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import load_model, save_model
-from sprout.models.moe import MoEBlock, dispatch_naive, dispatch_sorted
+from sprout.models.moe import MoEBlock, dispatch_naive, dispatch_sorted, moe_metrics, update_router_biases
 
 
 @pytest.mark.parametrize("opts", [
@@ -27,14 +27,14 @@ def test_sorted_dispatch_equals_a_per_token_loop(opts):
     assert idx.shape == (33, 3) and (idx.sort(-1).values.diff(dim=-1) > 0).all()  # k distinct experts
     ref = dispatch_naive(flat, idx, w, block.experts)
     assert torch.allclose(dispatch_sorted(flat, idx, w, block.experts), ref, atol=1e-6)
-    y = block(x)
+    y, stats = block(x)
     shared = 0
     if hasattr(block, "shared_expert"):
         shared = torch.sigmoid(block.shared_expert_gate(flat)) * block.shared_expert(flat)
     elif hasattr(block, "shared_experts"):
         shared = block.shared_experts(flat)
     assert torch.allclose(y.reshape(-1, 32), ref + shared, atol=1e-6)
-    assert block.load.sum() == 33 * 3
+    assert stats.load.sum() == 33 * 3 and stats.balance_loss is None  # eval: no balancing loss
 
 
 def test_group_limited_routing_picks_experts_from_the_best_groups_only():
@@ -44,35 +44,39 @@ def test_group_limited_routing_picks_experts_from_the_best_groups_only():
     assert (idx // 2 == idx[:, :1] // 2).all()  # both experts in one group of 2
 
 
-def test_aux_loss_is_set_in_training_and_gradients_reach_the_router():
+def test_balance_loss_is_returned_in_training_and_gradients_reach_the_router():
     torch.manual_seed(0)
     block = MoEBlock(16, 4, 2, 8, aux_loss_coef=0.1).train()
-    y = block(torch.randn(2, 5, 16))
-    assert block.aux_loss is not None and block.aux_loss.item() >= 0.1 * 0.99  # >= coef, = coef when even
-    (y.sum() + block.aux_loss).backward()
+    y, stats = block(torch.randn(2, 5, 16))
+    assert stats.balance_loss is not None and stats.balance_loss.item() >= 0.1 * 0.99  # >= coef, = coef when even
+    (y.sum() + stats.balance_loss).backward()
     assert block.gate.weight.grad.abs().sum() > 0
     block.eval()
-    block(torch.randn(2, 5, 16))
-    assert block.aux_loss is None
+    assert block(torch.randn(2, 5, 16))[1].balance_loss is None
 
 
-def test_bias_balancing_moves_the_bias_towards_underloaded_experts():
+def test_bias_balancing_moves_the_bias_towards_underloaded_experts_once_per_call():
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     block = MoEBlock(16, 4, 1, 8, score="sigmoid", bias_update_rate=0.01).train()
     with torch.no_grad():
         block.gate.weight[0] += 1.0  # expert 0 is preferred by every token
     x = torch.randn(4, 16, 16).abs()
-    block(x)
+    _, stats = block(x)
     b = block.gate.e_score_correction_bias
-    assert b[0] < 0 and (b[1:] >= 0).all()
+    assert (b == 0).all()  # forward never touches the bias
+    holder = SimpleNamespace(model=SimpleNamespace(layers=[SimpleNamespace(mlp=block)]))
+    update_router_biases(holder, {0: stats.load})
+    assert b[0] == -0.01 and (b[1:] >= 0).all() and b.abs().max() == 0.01
 
 
 def test_moe_model_aux_loss_and_metrics():
     model = tiny_moe()
     model.train()
     out = model(torch.randint(3, 512, (2, 16)))
-    assert out.aux_loss is not None
-    m = model.metrics()
+    assert set(out.aux_losses) == {"moe_balance"} and out.aux_loss is out.aux_losses["moe_balance"]
+    m = moe_metrics(out.expert_load)
     assert {"moe/max_min", "moe/L0/max_min", "moe/L1/e3"} <= set(m)
     assert abs(sum(m[f"moe/L0/e{e}"] for e in range(4)) - 1) < 1e-6
 

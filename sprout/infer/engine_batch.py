@@ -1,12 +1,16 @@
 """Continuous batching: one background thread decodes every running request together.
 
-Each request owns one row of a shared, left-padded KV cache. The scheduler loop, once per tick:
+Each request owns one row of a shared, left-padded cache that the model made (`model.new_cache`); the loop
+uses only the cache protocol of sprout.models.cache (concat, select_rows, left_pad, drop_left, reserve), so
+every family is served the same way: dense KV, MLA latents, or conv + recurrent state. The scheduler loop,
+once per tick:
 
 1. admits waiting requests (up to `max_batch` rows), prefills their prompts in one forward pass
    (left-padded among themselves) and samples their first token;
 2. merges the new rows into the running batch: the shorter side is left-padded with masked
-   slots so every row ends at the same cache column (RoPE is applied before keys are cached,
-   so a key's position lives in the key itself, not in its column — moving it is free);
+   columns so every row ends at the same cache column (RoPE is applied before keys are cached,
+   so a key's position lives in the key itself, not in its column — moving it is free; a
+   recurrent state has no columns and is not touched);
 3. runs one decode step for all rows: one token per row, per-row sampling settings;
 4. drops rows that finished (stop token, max tokens, context end), were cancelled (client gone,
    stop string found) or ran past their deadline, and trims cache columns that are padding for
@@ -27,11 +31,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..models.cache import GROW, Cache
 from .generate import SamplingConfig, sample_next
 
 log = logging.getLogger("sprout.serve")
-
-GROW = 128  # cache columns added at a time
 
 
 @dataclass
@@ -50,76 +53,15 @@ class GenRequest:
         self.cancelled.set()
 
 
-class RaggedCache:
-    """KV cache whose rows can be added, removed and re-aligned between steps.
-
-    Duck-types sprout.models.cache.KVCache for the model: `length`, `update`, `advance`."""
-
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], length: int):
-        self.k, self.v, self.length = k, v, length
-
-    @classmethod
-    def empty(cls, model: nn.Module, batch: int, cap: int) -> "RaggedCache":
-        c, p = model.config, model.lm_head.weight
-        shape = (batch, c.num_key_value_heads, cap, c.head_dim)
-        z = lambda: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
-        return cls([z() for _ in range(c.num_hidden_layers)], [z() for _ in range(c.num_hidden_layers)], 0)
-
-    @property
-    def capacity(self) -> int:
-        return self.k[0].shape[2]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reserve(self, n: int) -> None:
-        """Make room for n more columns."""
-        if self.length + n <= self.capacity:
-            return
-        extra = max(GROW, self.length + n - self.capacity)
-        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)  # noqa: E731
-        self.k = [pad(t[:, :, :self.length]) for t in self.k]
-        self.v = [pad(t[:, :, :self.length]) for t in self.v]
-
-    def left_pad(self, n: int) -> None:
-        """Insert n (masked) columns at the left."""
-        if n <= 0:
-            return
-        pad = lambda t: torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t[:, :, :self.length],  # noqa: E731
-                                   t.new_zeros(*t.shape[:2], GROW, t.shape[3])], dim=2)
-        self.k = [pad(t) for t in self.k]
-        self.v = [pad(t) for t in self.v]
-        self.length += n
-
-    def drop_left(self, n: int) -> None:
-        if n > 0:
-            self.k = [t[:, :, n:] for t in self.k]
-            self.v = [t[:, :, n:] for t in self.v]
-            self.length -= n
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self.k = [t[rows] for t in self.k]
-        self.v = [t[rows] for t in self.v]
-
-    def concat(self, other: "RaggedCache") -> None:
-        """Append other's rows (both caches already have the same length)."""
-        assert self.length == other.length
-        n, cap = self.length, self.length + GROW
-
-        def cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            out = a.new_zeros(a.shape[0] + b.shape[0], a.shape[1], cap, a.shape[3])
-            out[:a.shape[0], :, :n] = a[:, :, :n]
-            out[a.shape[0]:, :, :n] = b[:, :, :n]
-            return out
-
-        self.k = [cat(a, b) for a, b in zip(self.k, other.k)]
-        self.v = [cat(a, b) for a, b in zip(self.v, other.v)]
+def require_cache_protocol(model: nn.Module, name: str = "model") -> None:
+    """Fail at load time, with a clear message, when a model's cache cannot do what continuous batching needs
+    (add, remove, left-pad and trim rows: sprout.models.cache.Cache), instead of a 500 in the middle of a request."""
+    new_cache = getattr(model, "new_cache", None)
+    cache = new_cache(1, 1) if callable(new_cache) else None
+    if not isinstance(cache, Cache):
+        kind = type(cache).__name__ if cache is not None else "no new_cache()"
+        raise ValueError(f"{name}: {type(model).__name__} cannot be served with continuous batching: its cache "
+                         f"({kind}) does not implement sprout.models.cache.Cache")
 
 
 @dataclass
@@ -137,6 +79,7 @@ class BatchEngine:
     """Owns one model and a scheduler thread. `submit` is thread-safe and returns at once."""
 
     def __init__(self, model: nn.Module, max_batch: int = 32, context_len: int | None = None, name: str = "model"):
+        require_cache_protocol(model, name)
         self.model, self.max_batch, self.name = model, max_batch, name
         self.device = next(model.parameters()).device
         self.context_len = context_len or model.config.max_position_embeddings
@@ -144,7 +87,7 @@ class BatchEngine:
         self._waiting: deque[GenRequest] = deque()
         self._cv = threading.Condition()
         self._rows: list[_Row] = []
-        self._cache: RaggedCache | None = None
+        self._cache: Cache | None = None
         self._mask: torch.Tensor | None = None  # [B, S] 1 = real token
         self._pos: torch.Tensor | None = None  # [B] position of the next token
         self._last: torch.Tensor | None = None  # [B] last sampled token
@@ -267,7 +210,7 @@ class BatchEngine:
             ids[i, L - len(q.prompt):] = torch.tensor(q.prompt, device=self.device)
             mask[i, L - len(q.prompt):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = RaggedCache.empty(self.model, B, L + GROW)
+        cache = self.model.new_cache(B, L + GROW)
         padded = bool((mask == 0).any())
         logits = self.model(ids, position_ids=pos, attention_mask=mask if padded else None,
                             cache=cache, last_only=True).logits[:, -1].float()

@@ -14,8 +14,9 @@ The first `first_k_dense_replace` layers use a dense SwiGLU; the others DeepSeek
 shared experts, group-limited top-k, routed_scaling_factor, sequence-wise aux loss and/or bias balancing).
 
 MTP: `num_nextn_predict_layers` extra blocks; block d combines the previous hidden state at position i
-with the embedding of token i+d and predicts token i+d+1 through the shared head. Its loss, times
-`mtp_loss_weight`, joins `aux_loss` during training. MTP weights are training-only: they are not
+with the embedding of token i+d and predicts token i+d+1 through the shared head. In training the forward
+returns these logits (`CausalLMOutput.mtp_logits`); the objective scores them against the same shifted labels
+as the main head (so prompt tokens are never MTP targets) and adds `mtp_loss_weight` x their mean CE. MTP weights are training-only: they are not
 written to the exported folder (transformers' DeepseekV3ForCausalLM does not use them either).
 """
 from __future__ import annotations
@@ -27,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import Cache
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
-from .dense import DecoderLayer, SproutForCausalLM, build_attention_mask
+from .dense import CausalLMOutput, DecoderLayer, SproutForCausalLM, build_attention_mask, collect_routing
 from .layers import RMSNorm, SwiGLU
-from .moe import MoEBlock, moe_metrics
+from .moe import MoEBlock
 
 
 @dataclass
@@ -127,29 +129,21 @@ def rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return x * cos.unsqueeze(1) + torch.cat((-b, a), dim=-1) * sin.unsqueeze(1)
 
 
-class LatentCache:
+class LatentCache(Cache):
     """MLA cache: the compressed KV latent and the shared rope key per layer ([B, S, r] and [B, S, d_rope])."""
+
+    time_dim = {"c": 1, "kr": 1}
 
     def __init__(self, num_layers: int, batch: int, kv_lora_rank: int, rope_dim: int, max_len: int,
                  device: torch.device, dtype: torch.dtype):
-        self.c = [torch.zeros(batch, max_len, kv_lora_rank, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.kr = [torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.length, self.max_len = 0, max_len
+        super().__init__({
+            "c": {i: torch.zeros(batch, max_len, kv_lora_rank, device=device, dtype=dtype) for i in range(num_layers)},
+            "kr": {i: torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype) for i in range(num_layers)},
+        }, {})
 
     def update(self, layer: int, c: torch.Tensor, kr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + c.shape[1]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full ({self.max_len} positions); raise max_len")
-        self.c[layer][:, start:end] = c
-        self.kr[layer][:, start:end] = kr
-        return self.c[layer][:, :end], self.kr[layer][:, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self.c = [t[rows] for t in self.c]
-        self.kr = [t[rows] for t in self.kr]
+        """Append this step's latents [B, T, r] and rope keys [B, T, d_rope]; return all so far."""
+        return self.write("c", layer, c), self.write("kr", layer, kr)
 
 
 class MLAttention(nn.Module):
@@ -225,54 +219,39 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
         self.mtp = nn.ModuleList(MTPLayer(cfg, d) for d in range(cfg.num_nextn_predict_layers))
         for module in self.mtp.modules():
             self._init_weights(module)
-        self.last_mtp_loss: torch.Tensor | None = None
 
     def new_cache(self, batch: int, max_len: int) -> LatentCache:
         p, c = self.lm_head.weight, self.config
         return LatentCache(c.num_hidden_layers, batch, c.kv_lora_rank, c.qk_rope_head_dim, max_len, p.device, p.dtype)
 
-    def forward(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None, last_only=False):
-        from .dense import CausalLMOutput
-
-        h, aux = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
+    def forward(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None,
+                last_only=False) -> CausalLMOutput:
+        h, routing = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
         x = self.model.norm(h)
         logits = self.lm_head(x[:, -1:] if last_only else x)
-        self.last_mtp_loss = None
-        if self.training and torch.is_grad_enabled() and cache is None and len(self.mtp) and self.config.mtp_loss_weight:
-            mtp = self._mtp_loss(h, input_ids, position_ids, doc_ids, attention_mask)
-            if mtp is not None:
-                self.last_mtp_loss = mtp.detach()
-                w = self.config.mtp_loss_weight * mtp
-                aux = w if aux is None else aux + w
-        return CausalLMOutput(logits=logits, aux_loss=aux)
+        aux, load = collect_routing(routing)
+        mtp: list[torch.Tensor] = []
+        if self.training and torch.is_grad_enabled() and cache is None and self.config.mtp_loss_weight:
+            mtp = self._mtp_logits(h, input_ids, position_ids, doc_ids, attention_mask)
+        return CausalLMOutput(logits=logits, aux_losses=aux, mtp_logits=mtp,
+                              mtp_loss_weight=self.config.mtp_loss_weight, expert_load=load)
 
-    def _mtp_loss(self, h, ids, position_ids, doc_ids, attention_mask):
-        """Mean over depths d of CE(predict token i+d+1 at position i), within documents and real tokens."""
+    def _mtp_logits(self, h, ids, position_ids, doc_ids, attention_mask) -> list[torch.Tensor]:
+        """Depth d: logits [B, T-d, V]; position i sees the hidden state of depth d-1 at i and token i+d, and
+        predicts token i+d+1. Attention stays within documents and real tokens."""
         B, T = ids.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=ids.device).expand(B, T)
-        losses = []
+        out = []
         for d, layer in enumerate(self.mtp, start=1):
             L = T - d
-            if L < 2:
+            if L < 1:
                 break
             e = self.model.embed_tokens(ids[:, d:])  # token i+d for position i
             h = layer.eh_proj(torch.cat([layer.hnorm(h[:, :L]), layer.enorm(e)], dim=-1))
             cos, sin = self.model.rotary_emb(position_ids[:, :L], h.dtype)
             docs = doc_ids[:, :L] if doc_ids is not None else None
             am = attention_mask[:, :L] if attention_mask is not None else None
-            h = layer.block(h, cos, sin, build_attention_mask(L, 0, h.device, docs, am))
-            logits = self.lm_head(layer.norm(h[:, :L - 1]))
-            target = ids[:, d + 1:].clone()
-            if doc_ids is not None:
-                target[doc_ids[:, d + 1:] != doc_ids[:, :L - 1]] = -100
-            if attention_mask is not None:
-                target[attention_mask[:, d + 1:] == 0] = -100
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100))
-        return torch.stack(losses).mean() if losses else None
-
-    def metrics(self) -> dict[str, float]:
-        out = moe_metrics(self)
-        if self.last_mtp_loss is not None:
-            out["mtp_loss"] = float(self.last_mtp_loss)
+            h, _ = layer.block(h, cos, sin, build_attention_mask(L, 0, h.device, docs, am))
+            out.append(self.lm_head(layer.norm(h)))
         return out

@@ -3,29 +3,53 @@
     h = x + Attention(RMSNorm(x))        # pre-norm residual blocks
     y = h + FFN(RMSNorm(h))
 
-The feed-forward slot is built by `make_ffn`, so a mixture-of-experts layer can drop in: an FFN
-module may set `self.aux_loss` during forward (e.g. load balancing) and the model adds it up.
+The feed-forward slot is built by `make_ffn`, so a mixture-of-experts layer can drop in: an FFN returns its
+output, or (output, RoutingStats) when it routes tokens; the model collects the stats into its output
+(named auxiliary losses, expert load per layer). Nothing passes through module attributes.
 Other families (sprout.models.moe, deepseek_v3, qwen3_next) subclass `SproutForCausalLM` and
 override `make_layer` / `make_ffn` / `make_norm`; the forward pass, caching and I/O stay shared.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .cache import KVCache
-from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from .cache import Cache, KVCache
+from .layers import Attention, RMSNorm, RotaryEmbedding, RoutingStats, SwiGLU
 
 
 @dataclass
 class CausalLMOutput:
+    """Everything one forward pass produces. Training objectives turn it into a loss; decoding reads `logits`."""
+
     logits: torch.Tensor  # [B, T, V]
-    aux_loss: torch.Tensor | None = None  # extra training loss from FFN layers (MoE balancing), if any
+    # Extra training losses, already weighted, by name ("moe_balance"); empty outside training or for dense models.
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Multi-token prediction heads (DeepSeek): mtp_logits[d-1] is [B, T-d, V]; position i predicts token i+d+1,
+    # i.e. the target is labels[:, i+d] with the same shifted labels as the main head. Training only.
+    mtp_logits: list[torch.Tensor] = field(default_factory=list)
+    mtp_loss_weight: float = 0.0  # how much the objective weighs the mean MTP loss
+    expert_load: dict[int, torch.Tensor] = field(default_factory=dict)  # MoE layer -> [E] assignments per expert
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """The sum of `aux_losses`, or None when there are none."""
+        total = None
+        for v in self.aux_losses.values():
+            total = v if total is None else total + v
+        return total
+
+
+def collect_routing(stats: dict[int, RoutingStats]) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per-layer routing stats -> (aux_losses with the summed balance loss, expert load per layer)."""
+    losses = [s.balance_loss for s in stats.values() if s.balance_loss is not None]
+    aux = {"moe_balance": torch.stack(losses).sum()} if losses else {}
+    return aux, {i: s.load for i, s in stats.items()}
 
 
 def make_ffn(cfg: ModelConfig, layer_idx: int) -> nn.Module:
@@ -41,9 +65,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = ffn if ffn is not None else make_ffn(cfg, layer_idx)
 
-    def forward(self, x, cos, sin, mask, cache=None):
+    def forward(self, x, cos, sin, mask, cache=None, pad_mask=None) -> tuple[torch.Tensor, RoutingStats | None]:
+        """pad_mask [B, T] (1 = real token) is for recurrent mixers; attention hides padding through `mask`."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return ffn_residual(self.mlp, self.post_attention_layernorm(x), x)
+
+
+def ffn_residual(mlp: nn.Module, h: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats | None]:
+    """x + mlp(h), and the routing stats when the FFN is a routed one."""
+    y = mlp(h)
+    if isinstance(y, tuple):
+        y, stats = y
+        return x + y, stats
+    return x + y, None
 
 
 class DecoderModel(nn.Module):
@@ -92,7 +126,7 @@ class SproutForCausalLM(nn.Module):
     norm_cls: type[nn.Module] = RMSNorm  # Qwen3-Next uses zero-centred (1 + w) norms
 
     def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
-        """One decoder block; it must accept (x, cos, sin, mask, cache) and hold its FFN as `.mlp`."""
+        """One decoder block: (x, cos, sin, mask, cache, pad_mask) -> (x, RoutingStats | None), FFN held as `.mlp`."""
         return DecoderLayer(cfg, layer_idx, norm=self.norm_cls)
 
     def __init__(self, cfg: ModelConfig):
@@ -113,17 +147,14 @@ class SproutForCausalLM(nn.Module):
     def _post_init(self) -> None:
         """Family-specific initialisation after the generic one (e.g. zero-centred norms)."""
 
-    def metrics(self) -> dict[str, float]:
-        """Numbers from the last forward pass worth logging (MoE expert load); none for dense models."""
-        return {}
-
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int) -> Cache:
+        """An empty cache for `batch` rows with room for `max_len` positions (it grows when needed)."""
         p = self.lm_head.weight
         c = self.config
         return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, max_len, p.device, p.dtype)
@@ -134,20 +165,23 @@ class SproutForCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         last_only: bool = False,
     ) -> CausalLMOutput:
         """input_ids [B, T]. position_ids default to past..past+T-1. doc_ids: packed documents.
         attention_mask [B, past+T]: 1 for real tokens (left padding in batched generation).
         last_only: compute logits for the last position only (decoding saves the big matmul)."""
-        x, aux = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
+        x, routing = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
-        return CausalLMOutput(logits=self.lm_head(x), aux_loss=aux)
+        aux, load = collect_routing(routing)
+        return CausalLMOutput(logits=self.lm_head(x), aux_losses=aux, expert_load=load)
 
-    def trunk(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None):
-        """Embeddings and decoder layers: the last hidden state (before the final norm) and the summed aux loss."""
+    def trunk(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None
+              ) -> tuple[torch.Tensor, dict[int, RoutingStats]]:
+        """Embeddings and decoder layers: the last hidden state (before the final norm) and the routing stats
+        of every MoE layer, by layer index."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -155,15 +189,15 @@ class SproutForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
         mask = build_attention_mask(T, past, x.device, doc_ids, attention_mask)
-        aux: torch.Tensor | None = None
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache)
-            layer_aux = getattr(layer.mlp, "aux_loss", None)
-            if layer_aux is not None:
-                aux = layer_aux if aux is None else aux + layer_aux
+        pad_mask = attention_mask[:, -T:] if attention_mask is not None else None
+        routing: dict[int, RoutingStats] = {}
+        for i, layer in enumerate(self.model.layers):
+            x, stats = layer(x, cos, sin, mask, cache, pad_mask)
+            if stats is not None:
+                routing[i] = stats
         if cache is not None:
             cache.advance(T)
-        return x, aux
+        return x, routing
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, **kw) -> torch.Tensor:
         """Mean next-token cross-entropy; labels are already shifted, -100 = ignored."""

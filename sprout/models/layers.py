@@ -1,9 +1,11 @@
-"""Building blocks shared by every model family: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+"""Building blocks shared by every model family: RMSNorm, RoPE, grouped-query attention, SwiGLU, RoutingStats.
 
 Module and parameter names follow transformers' Qwen3/Llama code so that a state dict
 saves to (and loads from) the standard Hugging Face layout with no renaming.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,15 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+@dataclass
+class RoutingStats:
+    """What a routed feed-forward layer reports for one forward pass, returned next to its output
+    (an FFN returns either a tensor or (tensor, RoutingStats)); nothing is kept on the module."""
+
+    load: torch.Tensor  # [E] assignments per expert in this pass (no gradient)
+    balance_loss: torch.Tensor | None = None  # weighted load-balancing loss (training only)
 
 
 class SwiGLU(nn.Module):

@@ -11,9 +11,13 @@ contiguous slice of tokens: a loop over experts, never over tokens.
 Load balancing, either or both:
   * auxiliary loss  coef * sum_i f_i * P_i, with f_i = E/(K*N) * (#tokens routed to i) and
     P_i the mean routing probability (Switch/Qwen; DeepSeek's variant is computed per sequence);
-  * auxiliary-loss-free bias (DeepSeek-V3): after each training forward pass the per-expert bias
-    `e_score_correction_bias` moves by `bias_update_rate` towards under-loaded experts. The bias only
-    changes which experts are chosen, never the mixing weights.
+  * auxiliary-loss-free bias (DeepSeek-V3): once per optimizer step (`update_router_biases`, called from
+    Objective.on_optimizer_step with the expert load summed over the step's micro-batches and, under DDP,
+    over all ranks) the per-expert bias `e_score_correction_bias` moves by `bias_update_rate` towards
+    under-loaded experts. The bias only changes which experts are chosen, never the mixing weights.
+
+A block returns (output, RoutingStats): the expert load of this pass and the weighted balance loss
+(training only); the model gathers them into CausalLMOutput.expert_load / aux_losses.
 
 Parameter names follow transformers' on-disk layout (`mlp.gate.weight`, `mlp.experts.N.gate_proj.weight`,
 `mlp.shared_expert(s)...`), so a saved folder loads in `Qwen3MoeForCausalLM` / `DeepseekV3ForCausalLM` /
@@ -25,12 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import SproutForCausalLM
-from .layers import SwiGLU
+from .layers import RoutingStats, SwiGLU
 
 
 class Router(nn.Module):
@@ -103,7 +108,7 @@ def dispatch_naive(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, experts:
 
 
 class MoEBlock(nn.Module):
-    """Routed experts + optional shared experts; sets `aux_loss` (training) and `load` (expert counts)."""
+    """Routed experts + optional shared experts; returns (output, RoutingStats)."""
 
     def __init__(self, hidden: int, num_experts: int, top_k: int, expert_intermediate: int, *,
                  score: str = "softmax", norm_topk: bool = True, n_group: int = 1, topk_group: int = 1,
@@ -122,10 +127,8 @@ class MoEBlock(nn.Module):
             self.shared_experts = SwiGLU(hidden, shared_intermediate)
         self.shared_intermediate, self.shared_gated = shared_intermediate, shared_gated
         self.aux_loss_coef, self.seq_aux, self.bias_update_rate = aux_loss_coef, seq_aux, bias_update_rate
-        self.aux_loss: torch.Tensor | None = None
-        self.load: torch.Tensor | None = None  # [E] tokens routed to each expert in the last forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
         B, T, H = x.shape
         flat = x.reshape(-1, H)
         scores, w, idx = self.gate(flat)
@@ -134,18 +137,11 @@ class MoEBlock(nn.Module):
             y = y + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
         elif self.shared_intermediate:
             y = y + self.shared_experts(flat)
-        E, K = self.gate.num_experts, self.gate.top_k
-        with torch.no_grad():
-            self.load = torch.bincount(idx.reshape(-1), minlength=E).float()
-        self.aux_loss = None
-        if self.training and torch.is_grad_enabled():
-            if self.aux_loss_coef > 0:
-                self.aux_loss = self.aux_loss_coef * self._balance_loss(scores, idx, B, T)
-            if self.bias_update_rate > 0:
-                with torch.no_grad():
-                    b = self.gate.e_score_correction_bias
-                    b += self.bias_update_rate * torch.sign(self.load.mean() - self.load)
-        return y.view(B, T, H)
+        load = torch.bincount(idx.reshape(-1).detach(), minlength=self.gate.num_experts).float()
+        balance = None
+        if self.training and torch.is_grad_enabled() and self.aux_loss_coef > 0:
+            balance = self.aux_loss_coef * self._balance_loss(scores, idx, B, T)
+        return y.view(B, T, H), RoutingStats(load=load, balance_loss=balance)
 
     def _balance_loss(self, scores: torch.Tensor, idx: torch.Tensor, B: int, T: int) -> torch.Tensor:
         E, K = self.gate.num_experts, self.gate.top_k
@@ -160,16 +156,13 @@ class MoEBlock(nn.Module):
         return (f * scores.mean(0)).sum()
 
 
-def moe_metrics(model: nn.Module) -> dict[str, float]:
-    """Per-layer expert load of the last forward: max/min ratio (1 = perfectly even) and the load histogram
-    (fraction of routed assignments per expert), named moe/L{layer}/...; plus the mean ratio over layers."""
+def moe_metrics(expert_load: dict[int, torch.Tensor]) -> dict[str, float]:
+    """Per-layer expert load (CausalLMOutput.expert_load, or its sum over micro-batches): max/min ratio (1 =
+    perfectly even) and the load histogram (fraction of routed assignments per expert), named moe/L{layer}/...;
+    plus the mean ratio over layers. Empty for dense models."""
     out: dict[str, float] = {}
     ratios = []
-    for i, layer in enumerate(model.model.layers):
-        mlp = getattr(layer, "mlp", None)
-        load = getattr(mlp, "load", None)
-        if load is None:
-            continue
+    for i, load in sorted(expert_load.items()):
         ratio = float(load.max() / load.min().clamp(min=1.0))
         ratios.append(ratio)
         out[f"moe/L{i}/max_min"] = ratio
@@ -179,6 +172,26 @@ def moe_metrics(model: nn.Module) -> dict[str, float]:
     if ratios:
         out["moe/max_min"] = sum(ratios) / len(ratios)
     return out
+
+
+@torch.no_grad()
+def update_router_biases(model: nn.Module, expert_load: dict[int, torch.Tensor]) -> None:
+    """Auxiliary-loss-free balancing (DeepSeek-V3), once per optimizer step:
+        b_i += rate * sign(mean_j load_j - load_i)
+    with `expert_load` the tokens routed per expert over the whole step (all micro-batches). Under DDP the
+    loads are summed over ranks first, so every rank applies the same update and the biases stay identical
+    (they are buffers, which DDP does not broadcast here). A no-op for models without bias balancing."""
+    blocks = {i: layer.mlp for i, layer in enumerate(model.model.layers)
+              if isinstance(layer.mlp, MoEBlock) and layer.mlp.bias_update_rate > 0}
+    if not blocks:
+        return
+    first = next(iter(blocks.values())).gate.e_score_correction_bias
+    # Every rank reduces the same tensor (zeros for a layer it saw no tokens for), so the collective matches.
+    load = torch.stack([expert_load[i].to(first) if i in expert_load else torch.zeros_like(first) for i in blocks])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(load)
+    for row, block in zip(load, blocks.values()):
+        block.gate.e_score_correction_bias += block.bias_update_rate * torch.sign(row.mean() - row)
 
 
 # ---- config + model: qwen3_moe / qwen2_moe -------------------------------------------------------
@@ -268,6 +281,3 @@ class MoEForCausalLM(SproutForCausalLM):
                            score="softmax", norm_topk=cfg.norm_topk_prob, aux_loss_coef=cfg.router_aux_loss_coef,
                            shared_intermediate=cfg.shared_expert_intermediate_size, shared_gated=True)
         return DecoderLayer(cfg, layer_idx, ffn=ffn, norm=self.norm_cls)
-
-    def metrics(self) -> dict[str, float]:
-        return moe_metrics(self)

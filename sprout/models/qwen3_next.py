@@ -25,9 +25,9 @@ from torch import nn
 
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .cache import KVCache
-from .dense import DecoderLayer, SproutForCausalLM
-from .layers import rotate_half
-from .moe import MoEBlock, moe_metrics
+from .dense import DecoderLayer, SproutForCausalLM, ffn_residual
+from .layers import RoutingStats, rotate_half
+from .moe import MoEBlock
 
 
 class ZeroCenteredRMSNorm(nn.Module):
@@ -190,7 +190,9 @@ class GatedDeltaNet(nn.Module):
         return (q.reshape(B, T, self.key_dim), k.reshape(B, T, self.key_dim), v.reshape(B, T, self.value_dim),
                 z.reshape(B, T, self.nv, self.dv), b.reshape(B, T, self.nv), a.reshape(B, T, self.nv))
 
-    def forward(self, x, cos=None, sin=None, mask=None, cache=None, pad_mask=None):
+    def forward(self, x, cos=None, sin=None, mask=None, cache: "HybridCache | None" = None, pad_mask=None):
+        """pad_mask [B, T], 1 = real token: a padding position enters neither the conv window nor the state
+        (its input is zeroed, and its gate/step are set to a = 1, beta = 0, so S passes through unchanged)."""
         if pad_mask is not None:
             x = x * pad_mask[:, :, None].to(x.dtype)
         B, T, _ = x.shape
@@ -198,8 +200,8 @@ class GatedDeltaNet(nn.Module):
         mixed = torch.cat([q, k, v], -1).transpose(1, 2)  # [B, C, T]
         w = self.conv1d.weight  # [C, 1, K]
         if cache is not None:
-            full = torch.cat([cache.conv[self.layer_idx], mixed], -1)
-            cache.conv[self.layer_idx] = full[..., -(self.kernel - 1):].clone()
+            full = torch.cat([cache.conv(self.layer_idx), mixed], -1)
+            cache.set_conv(self.layer_idx, full[..., -(self.kernel - 1):])
             mixed = F.conv1d(full, w, groups=self.conv_dim)[..., -T:]
         else:
             mixed = F.conv1d(mixed, w, groups=self.conv_dim, padding=self.kernel - 1)[..., :T]
@@ -213,13 +215,16 @@ class GatedDeltaNet(nn.Module):
         q, k = _l2norm(q) / self.dk ** 0.5, _l2norm(k)
         beta = b.sigmoid().float().transpose(1, 2)
         g = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)).transpose(1, 2)
-        state = cache.state[self.layer_idx] if cache is not None else None
+        if pad_mask is not None:
+            real = pad_mask[:, None, :].to(g.dtype)  # [B, 1, T]
+            g, beta = g * real, beta * real
+        state = cache.recurrent(self.layer_idx) if cache is not None else None
         if cache is not None and T == 1:
             o, state = gated_delta_recurrent(q, k, v, g, beta, state)
         else:
             o, state = gated_delta_chunkwise(q, k, v, g, beta, state, self.cfg.chunk_size)
         if cache is not None:
-            cache.state[self.layer_idx] = state
+            cache.set_recurrent(self.layer_idx, state)
         o = o.transpose(1, 2).to(x.dtype)  # [B, T, nv, dv]
         o = self.norm(o, z)
         return self.out_proj(o.reshape(B, T, -1))
@@ -281,32 +286,37 @@ class GatedAttention(nn.Module):
 
 
 class HybridCache(KVCache):
-    """Keys/values for the full-attention layers (KVCache's update/advance, keyed by layer index);
-    conv window and delta-rule state for the linear ones."""
+    """Keys/values for the full-attention layers (columns, as KVCache); for the linear ones two per-row state
+    tensors: the conv window [B, C, K-1] (last inputs of the causal conv) and the delta-rule state
+    [B, H, dk, dv]. The states have no columns, so merging rows of different lengths or trimming columns
+    leaves them alone (see sprout.models.cache)."""
 
     def __init__(self, cfg: Qwen3NextConfig, batch: int, max_len: int, device, dtype):
-        self.length, self.max_len = 0, max_len
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-        self.conv: dict[int, torch.Tensor] = {}
-        self.state: dict[int, torch.Tensor | None] = {}
+        full = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
+        linear = [i for i, t in enumerate(cfg.layer_types) if t != "full_attention"]
         conv_dim = 2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim + \
             cfg.linear_num_value_heads * cfg.linear_value_head_dim
-        for i, t in enumerate(cfg.layer_types):
-            if t == "full_attention":
-                shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-                self.k[i] = torch.zeros(shape, device=device, dtype=dtype)
-                self.v[i] = torch.zeros(shape, device=device, dtype=dtype)
-            else:
-                self.conv[i] = torch.zeros(batch, conv_dim, cfg.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
-                self.state[i] = None
+        nv, dk, dv = cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        states = {
+            "conv": {i: torch.zeros(batch, conv_dim, cfg.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
+                     for i in linear},
+            # fp32, as the delta rule runs in fp32
+            "recurrent": {i: torch.zeros(batch, nv, dk, dv, device=device, dtype=torch.float32) for i in linear},
+        }
+        super().__init__(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, max_len, device,
+                         dtype, layers=full, states=states)
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        for d in (self.k, self.v, self.conv):
-            for i in d:
-                d[i] = d[i][rows]
-        for i, s in self.state.items():
-            self.state[i] = None if s is None else s[rows]
+    def conv(self, layer: int) -> torch.Tensor:
+        return self.states["conv"][layer]
+
+    def set_conv(self, layer: int, window: torch.Tensor) -> None:
+        self.states["conv"][layer] = window.contiguous()
+
+    def recurrent(self, layer: int) -> torch.Tensor:
+        return self.states["recurrent"][layer]
+
+    def set_recurrent(self, layer: int, state: torch.Tensor) -> None:
+        self.states["recurrent"][layer] = state
 
 
 class HybridLayer(DecoderLayer):
@@ -322,15 +332,18 @@ class HybridLayer(DecoderLayer):
             self.self_attn = GatedAttention(cfg, i)
         self.post_attention_layernorm = ZeroCenteredRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = ffn
-        self.pad_mask: torch.Tensor | None = None
 
-    def forward(self, x, cos, sin, mask, cache=None):
+    def forward(self, x, cos, sin, mask, cache=None, pad_mask=None) -> tuple[torch.Tensor, RoutingStats | None]:
         mixer = self.linear_attn if self.layer_type == "linear_attention" else self.self_attn
-        x = x + mixer(self.input_layernorm(x), cos, sin, mask, cache, self.pad_mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + mixer(self.input_layernorm(x), cos, sin, mask, cache, pad_mask)
+        return ffn_residual(self.mlp, self.post_attention_layernorm(x), x)
 
 
 class Qwen3NextForCausalLM(SproutForCausalLM):
+    """doc_ids (packing) separate documents in the full-attention layers only: the linear layers' state runs on
+    across a packed row, as in plain (unreset) pretraining on concatenated text. Padding (attention_mask) reaches
+    the linear layers as the trunk's explicit `pad_mask` argument."""
+
     norm_cls = ZeroCenteredRMSNorm
 
     def make_layer(self, cfg: Qwen3NextConfig, i: int) -> nn.Module:
@@ -354,19 +367,3 @@ class Qwen3NextForCausalLM(SproutForCausalLM):
     def new_cache(self, batch: int, max_len: int) -> HybridCache:
         p = self.lm_head.weight
         return HybridCache(self.config, batch, max_len, p.device, p.dtype)
-
-    def trunk(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None):
-        # doc_ids (packing) separate documents in the full-attention layers only: the linear layers' state runs
-        # on across a packed row, as in plain (unreset) pretraining on concatenated text.
-        T = input_ids.shape[1]
-        pad = attention_mask[:, -T:] if attention_mask is not None else None
-        for layer in self.model.layers:
-            layer.pad_mask = pad
-        try:
-            return super().trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
-        finally:
-            for layer in self.model.layers:
-                layer.pad_mask = None
-
-    def metrics(self) -> dict[str, float]:
-        return moe_metrics(self)

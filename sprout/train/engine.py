@@ -312,7 +312,7 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
     if dinfo.enabled:
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # the only buffers (RoPE frequencies) are constants
+            broadcast_buffers=False)  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
 
     loader = DataLoader(
         train_ds, batch_sampler=_BatchSampler(sampler, cursor), collate_fn=objective.collate,

@@ -8,7 +8,8 @@ different. Override only what differs; the defaults fit a causal LM trained on d
     model = obj.build_model(tok)                 # new or loaded (LoRA: wrap here)
     train, val = obj.datasets(tok)               # map-style, items = dicts of tensors
     params = obj.trainable_parameters(model)     # what the optimizer updates
-    loop:  loss, metrics = obj.loss(model, batch)
+    loop:  loss, metrics = obj.loss(model, batch)  # main loss + obj.model_losses(model's output, labels)
+           obj.on_optimizer_step(model)          # after each optimizer step: MoE router-bias update
     end:   obj.save(model, tok, out)             # HF folder (LoRA: adapter folder)
 """
 from __future__ import annotations
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from ...config import TrainConfig
 from ...models import build_model, load_model, model_preset, save_model
+from ...models.dense import CausalLMOutput
+from ...models.moe import moe_metrics, update_router_biases
 
 
 class Objective:
@@ -31,6 +35,8 @@ class Objective:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        # MoE expert load summed over the training micro-batches since the last optimizer step (layer -> [E]).
+        self._step_load: dict[int, torch.Tensor] = {}
 
     # ---- setup ----------------------------------------------------------------------
     def load_tokenizer(self) -> Any:
@@ -98,6 +104,32 @@ class Objective:
         """Scalar loss to minimise and extra metrics (plain floats) for the log."""
         raise NotImplementedError
 
+    def model_losses(self, out: CausalLMOutput, labels: torch.Tensor | None, doc_ids: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """What every objective adds to its own loss from the model's output, and the metrics for the log:
+
+        * the MTP loss (DeepSeek), scored with the same shifted `labels` as the main loss, so positions the
+          objective does not train on (prompt, system, padding: -100) are never MTP targets either; pass
+          labels=None to skip it (e.g. preference losses);
+        * the named auxiliary losses (MoE balancing), already weighted by the model.
+        A training forward's expert load is also added to this step's total for `on_optimizer_step`."""
+        total: torch.Tensor | None = None
+        metrics: dict[str, Any] = {}
+        if out.mtp_logits and labels is not None:
+            mtp = mtp_loss(out.mtp_logits, labels, doc_ids)
+            metrics["mtp_loss"] = mtp.detach()
+            total = out.mtp_loss_weight * mtp
+        if out.aux_losses:
+            aux = out.aux_loss
+            metrics["aux_loss"] = aux.detach()
+            total = aux if total is None else total + aux
+        if out.expert_load:
+            if torch.is_grad_enabled():  # a training pass (evaluation runs under no_grad)
+                for i, load in out.expert_load.items():
+                    self._step_load[i] = self._step_load[i] + load if i in self._step_load else load.float()
+            metrics.update(moe_metrics(out.expert_load))
+        return total, metrics
+
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens this batch contributes to the token budget and tokens/s. Default: every position."""
         return int(batch["input_ids"].numel())
@@ -112,13 +144,34 @@ class Objective:
 
     def on_optimizer_step(self, model: nn.Module) -> None:
         """Called by the engine after each optimizer step that was taken (not after skipped ones), on every rank:
-        the place for per-step updates outside the gradient (e.g. MoE routing-bias balancing)."""
+        the place for per-step updates outside the gradient. Here: MoE routing-bias balancing from the expert
+        load of all this step's micro-batches (summed over ranks inside), so grad_accum does not change its
+        rate and every rank applies the same update. Subclasses that override this call super()."""
+        if self._step_load:
+            update_router_biases(model, self._step_load)
+            self._step_load = {}
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""
         save_model(model, out)
         if tokenizer is not None:
             tokenizer.save(out)
+
+
+def mtp_loss(mtp_logits: list[torch.Tensor], labels: torch.Tensor, doc_ids: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """Mean over depths d of the CE of mtp_logits[d-1] ([B, T-d, V], position i predicts token i+d+1) against
+    labels[:, i+d] (labels[t] is the target of position t, -100 = none). With doc_ids a target in another packed
+    document than position i is ignored. A depth with no target contributes 0 (not NaN), so every rank's graph
+    holds the same parameters under DDP."""
+    losses = []
+    for d, logits in enumerate(mtp_logits, start=1):
+        target = labels[:, d:]
+        if doc_ids is not None:
+            target = target.masked_fill(doc_ids[:, d:] != doc_ids[:, :-d], -100)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum")
+        losses.append(ce / (target != -100).sum().clamp(min=1))
+    return torch.stack(losses).mean()
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

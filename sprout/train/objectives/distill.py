@@ -20,7 +20,7 @@ from torch import nn
 
 from ...models import load_model
 from . import register
-from .lm import SFTObjective
+from .lm import SFTObjective, model_inputs
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -63,12 +63,12 @@ class DistillObjective(SFTObjective):
         return Path(self.cfg.out) / "tokenized" / f"distill-{self.args.get('dataset', 'sft')}"
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        extra = {k: batch[k] for k in ("position_ids", "doc_ids", "attention_mask") if k in batch}
-        out = model(batch["input_ids"], **extra)
+        inputs = model_inputs(batch)
+        out = model(batch["input_ids"], **inputs)
         with torch.no_grad():
-            t_logits = self.teacher(batch["input_ids"], **extra).logits
+            t_logits = self.teacher(batch["input_ids"], **inputs).logits
         loss, metrics = kd_loss(out.logits, t_logits, batch["labels"], float(self.args.get("temperature", 2.0)),
                                 float(self.args.get("alpha", 0.5)))
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-        return loss, metrics
+        extra, more = self.model_losses(out, batch["labels"], batch.get("doc_ids"))
+        metrics.update(more)
+        return (loss if extra is None else loss + extra), metrics

@@ -58,7 +58,12 @@ def sequence_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(label) over labelled positions per row, and the number of those positions."""
     kw = {"attention_mask": attention_mask} if attention_mask is not None else {}
-    logits = model(input_ids, **kw).logits.float()
+    return response_logps(model(input_ids, **kw).logits, labels)
+
+
+def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` from logits [B, T, V] already computed."""
+    logits = logits.float()
     mask = labels != -100
     safe = labels.clamp(min=0)
     logp = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
@@ -237,7 +242,8 @@ class DPOObjective(Objective):
 
     # ---- loss ----------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logps, n = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        logps, n = response_logps(out.logits, batch["labels"])
         chosen, rejected = logps.chunk(2)
         nc, nr = n.chunk(2)
         if "ref_chosen" in batch:
@@ -250,4 +256,7 @@ class DPOObjective(Objective):
         loss, metrics = dpo_loss(chosen, rejected, ref_c, ref_r, self.beta, self.loss_type, nc, nr)
         metrics["logps_chosen"] = chosen.detach().mean()
         metrics["logps_rejected"] = rejected.detach().mean()
-        return loss, metrics
+        # MoE balancing applies as in any stage; MTP heads have no preference target, so labels=None skips them.
+        extra, more = self.model_losses(out, None)
+        metrics.update(more)
+        return (loss if extra is None else loss + extra), metrics

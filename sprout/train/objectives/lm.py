@@ -19,27 +19,24 @@ from . import register
 from .base import Objective
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The optional forward arguments a batch carries (packing positions/documents, padding mask)."""
+    return {k: batch[k] for k in ("position_ids", "doc_ids", "attention_mask") if k in batch}
+
+
 class CausalLMObjective(Objective):
-    """Shared loss: mean CE over labelled positions, plus the model's auxiliary loss (MoE balance)."""
+    """Shared loss: mean CE over labelled positions, plus `model_losses` (MTP on the same labels, MoE balance)."""
 
     data_kind = ""  # record kind for sprout.data readers and built-in data
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        extra = {k: batch[k] for k in ("position_ids", "doc_ids", "attention_mask") if k in batch}
-        out = model(batch["input_ids"], **extra)
+        out = model(batch["input_ids"], **model_inputs(batch))
         labels = batch["labels"]
         # fp32 softmax: in bf16 the log-probabilities of a 6k+ vocabulary lose too much precision.
         ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        metrics: dict[str, Any] = {"ce": ce.detach()}
-        loss = ce
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-            metrics["aux_loss"] = out.aux_loss.detach()
-        # Model-reported numbers (e.g. per-layer MoE expert load); empty for dense models.
-        report = getattr(getattr(model, "module", model), "metrics", None)
-        if callable(report):
-            metrics.update(report())
-        return loss, metrics
+        extra, metrics = self.model_losses(out, labels, batch.get("doc_ids"))
+        metrics["ce"] = ce.detach()
+        return (ce if extra is None else ce + extra), metrics
 
     def data_source(self) -> str:
         """cfg.data, or the built-in corpus for this stage."""

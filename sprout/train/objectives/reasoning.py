@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .lm import SFTObjective
+from .lm import SFTObjective, model_inputs
 
 TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>")
 
@@ -56,12 +56,11 @@ class _TaggedSFT(SFTObjective):
         weight = float(self.args.get("tag_weight", 1.0))
         if weight == 1.0:
             return super().loss(model, batch)
-        extra = {k: batch[k] for k in ("position_ids", "doc_ids", "attention_mask") if k in batch}
-        out = model(batch["input_ids"], **extra)
+        out = model(batch["input_ids"], **model_inputs(batch))
         loss, ce = tag_weighted_ce(out.logits, batch["labels"], self.tag_ids.to(batch["labels"].device), weight)
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-        return loss, {"ce": ce.detach()}
+        extra, metrics = self.model_losses(out, batch["labels"], batch.get("doc_ids"))
+        metrics["ce"] = ce.detach()
+        return (loss if extra is None else loss + extra), metrics
 
 
 @register
