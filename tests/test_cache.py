@@ -1,0 +1,54 @@
+"""The cache protocol (sprout.models.cache) for every family: rows added mid-decode, rows of different lengths
+merged, rows removed and padding trimmed all give each row the logits it gets when decoded alone."""
+import pytest
+import torch
+
+from conftest import (FAMILIES, assert_cache_operations_match_decoding_alone,
+                      assert_cached_decoding_matches_full_forward, tiny_family_model)
+
+from sprout.infer.engine_batch import BatchEngine
+from sprout.models.cache import Cache, KVCache
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_cache_implements_the_protocol_and_decodes_like_a_full_forward(family):
+    model = tiny_family_model(family)
+    assert isinstance(model.new_cache(2, 8), Cache)
+    assert_cached_decoding_matches_full_forward(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_added_merged_removed_and_trimmed_match_decoding_alone(family):
+    assert_cache_operations_match_decoding_alone(tiny_family_model(family))
+
+
+def test_left_pad_and_trim_keep_recurrent_state_and_move_columns():
+    model = tiny_family_model("qwen3_next")
+    cache = model.new_cache(2, 4)
+    with torch.no_grad():
+        model(torch.randint(3, 512, (2, 6)), cache=cache)
+    state = {i: t.clone() for i, t in cache.states["recurrent"].items()}
+    k = cache.columns["k"][3][:, :, :6].clone()
+    cache.left_pad(3)
+    assert cache.length == 9 and torch.equal(cache.columns["k"][3][:, :, 3:9], k)
+    assert (cache.columns["k"][3][:, :, :3] == 0).all()
+    assert all(torch.equal(cache.states["recurrent"][i], s) for i, s in state.items())  # no columns: untouched
+    cache.drop_left(3)
+    assert cache.length == 6 and torch.equal(cache.columns["k"][3][:, :, :6], k)
+    cache.select_rows(torch.tensor([1]))
+    assert cache.batch_size == 1 and torch.equal(cache.states["recurrent"][0], state[0][1:])
+
+
+def test_concat_refuses_caches_of_different_lengths():
+    a = KVCache(1, 1, 2, 4, 8, torch.device("cpu"), torch.float32)
+    b = KVCache(1, 1, 2, 4, 8, torch.device("cpu"), torch.float32)
+    b.advance(3)
+    with pytest.raises(ValueError, match="equal length"):
+        a.concat(b)
+
+
+def test_a_model_without_the_protocol_is_refused_when_the_engine_is_built():
+    model = tiny_family_model("qwen3")
+    model.new_cache = lambda batch, max_len: object()  # e.g. a family whose cache only imitates KVCache
+    with pytest.raises(ValueError, match="cannot be served with continuous batching"):
+        BatchEngine(model, name="odd")
