@@ -120,7 +120,10 @@ class ModelRegistry:
 
         model, tok = load_for_inference(model_dir, device)
         self.dirs[name] = model_dir
-        return self.add(name, model, tok, _generation_defaults(model_dir))
+        try:
+            return self.add(name, model, tok, _generation_defaults(model_dir))
+        except ValueError as exc:  # e.g. a family whose cache lacks the batching protocol: say so at load time
+            raise SystemExit(f"{model_dir}: {exc}") from None
 
     def add_lora(self, name: str, adapter_dir: str, base: str | None = None, device: str = "auto") -> ModelEntry:
         base = base or self.default_name
