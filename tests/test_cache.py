@@ -2,9 +2,12 @@
 merged, rows removed and padding trimmed all give each row the logits it gets when decoded alone."""
 import pytest
 import torch
-
-from conftest import (FAMILIES, assert_cache_operations_match_decoding_alone,
-                      assert_cached_decoding_matches_full_forward, tiny_family_model)
+from conftest import (
+    FAMILIES,
+    assert_cache_operations_match_decoding_alone,
+    assert_cached_decoding_matches_full_forward,
+    tiny_family_model,
+)
 
 from sprout.infer.engine_batch import BatchEngine
 from sprout.models.cache import Cache, KVCache

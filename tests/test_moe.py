@@ -1,6 +1,7 @@
 """Mixture of experts: sorted dispatch, routing options, load balancing, and interop with transformers."""
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM
 
 from conftest import assert_cached_decoding_matches_full_forward
@@ -56,8 +57,6 @@ def test_balance_loss_is_returned_in_training_and_gradients_reach_the_router():
 
 
 def test_bias_balancing_moves_the_bias_towards_underloaded_experts_once_per_call():
-    from types import SimpleNamespace
-
     torch.manual_seed(0)
     block = MoEBlock(16, 4, 1, 8, score="sigmoid", bias_update_rate=0.01).train()
     with torch.no_grad():
@@ -66,7 +65,10 @@ def test_bias_balancing_moves_the_bias_towards_underloaded_experts_once_per_call
     _, stats = block(x)
     b = block.gate.e_score_correction_bias
     assert (b == 0).all()  # forward never touches the bias
-    holder = SimpleNamespace(model=SimpleNamespace(layers=[SimpleNamespace(mlp=block)]))
+    holder, layer = nn.Module(), nn.Module()
+    layer.mlp = block
+    holder.model = nn.Module()
+    holder.model.layers = nn.ModuleList([layer])
     update_router_biases(holder, {0: stats.load})
     assert b[0] == -0.01 and (b[1:] >= 0).all() and b.abs().max() == 0.01
 

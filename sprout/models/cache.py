@@ -72,7 +72,7 @@ class Cache:
         """Keep only the given batch rows (e.g. after some sequences finished)."""
         self._map(lambda name, t: t[rows], lambda t: t[rows])
 
-    def concat(self, other: "Cache") -> None:
+    def concat(self, other: Cache) -> None:
         """Append other's rows below ours. Both must hold the same number of columns (left_pad the shorter)."""
         if type(other) is not type(self) or other.length != self.length:
             raise ValueError(f"concat needs two {type(self).__name__}s of equal length, got "

@@ -97,11 +97,11 @@ class DeepseekV3Config(ModelConfig):
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "DeepseekV3Config":
+    def from_hf_dict(cls, d: dict[str, Any]) -> DeepseekV3Config:
         return cls(**config_kwargs_from_hf(cls, d))
 
     def num_parameters(self, active: bool = False) -> int:
-        import torch.nn as _nn  # noqa: F401  (counting by building is exact and cheap at meta size)
+        import torch.nn as _nn
         with torch.device("meta"):
             m = DeepseekV3ForCausalLM(self)
         total = 0

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .cache import Cache, KVCache
+from .config import ModelConfig
 from .layers import Attention, RMSNorm, RotaryEmbedding, RoutingStats, SwiGLU
 
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .cache import KVCache
-from .rope import RotaryEmbedding  # noqa: F401
+from .config import ModelConfig
+from .rope import RotaryEmbedding  # noqa: F401  (re-exported)
 
 
 class RMSNorm(nn.Module):

@@ -26,7 +26,7 @@ Parameter names follow transformers' on-disk layout (`mlp.gate.weight`, `mlp.exp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -181,17 +181,18 @@ def update_router_biases(model: nn.Module, expert_load: dict[int, torch.Tensor])
     with `expert_load` the tokens routed per expert over the whole step (all micro-batches). Under DDP the
     loads are summed over ranks first, so every rank applies the same update and the biases stay identical
     (they are buffers, which DDP does not broadcast here). A no-op for models without bias balancing."""
-    blocks = {i: layer.mlp for i, layer in enumerate(model.model.layers)
+    layers = cast(nn.ModuleList, model.get_submodule("model.layers"))
+    blocks = {i: layer.mlp for i, layer in enumerate(layers)
               if isinstance(layer.mlp, MoEBlock) and layer.mlp.bias_update_rate > 0}
     if not blocks:
         return
-    first = next(iter(blocks.values())).gate.e_score_correction_bias
+    biases = {i: cast(torch.Tensor, block.gate.e_score_correction_bias) for i, block in blocks.items()}
     # Every rank reduces the same tensor (zeros for a layer it saw no tokens for), so the collective matches.
-    load = torch.stack([expert_load[i].to(first) if i in expert_load else torch.zeros_like(first) for i in blocks])
+    load = torch.stack([expert_load[i].to(b) if i in expert_load else torch.zeros_like(b) for i, b in biases.items()])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(load)
-    for row, block in zip(load, blocks.values()):
-        block.gate.e_score_correction_bias += block.bias_update_rate * torch.sign(row.mean() - row)
+    for row, bias, block in zip(load, biases.values(), blocks.values()):
+        bias += block.bias_update_rate * torch.sign(row.mean() - row)
 
 
 # ---- config + model: qwen3_moe / qwen2_moe -------------------------------------------------------

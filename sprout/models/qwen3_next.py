@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .cache import KVCache
+from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import DecoderLayer, SproutForCausalLM, ffn_residual
 from .layers import RoutingStats, rotate_half
 from .moe import MoEBlock
@@ -100,7 +100,7 @@ class Qwen3NextConfig(ModelConfig):
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "Qwen3NextConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> Qwen3NextConfig:
         kw = config_kwargs_from_hf(cls, d)
         prf = (d.get("rope_parameters") or {}).get("partial_rotary_factor")
         if prf is not None:
@@ -190,7 +190,7 @@ class GatedDeltaNet(nn.Module):
         return (q.reshape(B, T, self.key_dim), k.reshape(B, T, self.key_dim), v.reshape(B, T, self.value_dim),
                 z.reshape(B, T, self.nv, self.dv), b.reshape(B, T, self.nv), a.reshape(B, T, self.nv))
 
-    def forward(self, x, cos=None, sin=None, mask=None, cache: "HybridCache | None" = None, pad_mask=None):
+    def forward(self, x, cos=None, sin=None, mask=None, cache: HybridCache | None = None, pad_mask=None):
         """pad_mask [B, T], 1 = real token: a padding position enters neither the conv window nor the state
         (its input is zeroed, and its gate/step are set to a = 1, beta = 0, so S passes through unchanged)."""
         if pad_mask is not None:

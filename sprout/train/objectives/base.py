@@ -119,8 +119,8 @@ class Objective:
             mtp = mtp_loss(out.mtp_logits, labels, doc_ids)
             metrics["mtp_loss"] = mtp.detach()
             total = out.mtp_loss_weight * mtp
-        if out.aux_losses:
-            aux = out.aux_loss
+        aux = out.aux_loss
+        if aux is not None:
             metrics["aux_loss"] = aux.detach()
             total = aux if total is None else total + aux
         if out.expert_load:
