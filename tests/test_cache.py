@@ -55,3 +55,17 @@ def test_a_model_without_the_protocol_is_refused_when_the_engine_is_built():
     model.new_cache = lambda batch, max_len: object()  # e.g. a family whose cache only imitates KVCache
     with pytest.raises(ValueError, match="cannot be served with continuous batching"):
         BatchEngine(model, name="odd")
+
+
+def test_left_padding_enters_neither_the_conv_window_nor_the_delta_rule_state():
+    model = tiny_family_model("qwen3_next")
+    x = torch.randint(3, 512, (1, 7))
+    alone, padded = model.new_cache(1, 16), model.new_cache(1, 16)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)], 1)
+    with torch.no_grad():
+        model(x, cache=alone)
+        model(torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1), position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+              attention_mask=mask, cache=padded)
+    for name in ("conv", "recurrent"):
+        for i, state in alone.states[name].items():
+            assert state.abs().max() > 0 and torch.allclose(padded.states[name][i], state, atol=1e-5), (name, i)

@@ -191,8 +191,9 @@ class GatedDeltaNet(nn.Module):
                 z.reshape(B, T, self.nv, self.dv), b.reshape(B, T, self.nv), a.reshape(B, T, self.nv))
 
     def forward(self, x, cos=None, sin=None, mask=None, cache: HybridCache | None = None, pad_mask=None):
-        """pad_mask [B, T], 1 = real token: a padding position enters neither the conv window nor the state
-        (its input is zeroed, and its gate/step are set to a = 1, beta = 0, so S passes through unchanged)."""
+        """pad_mask [B, T], 1 = real token. Padding comes before a row's first token (left-padded prefill); it
+        enters neither the conv window (its input is zeroed, like the empty window of a fresh row) nor the state
+        (its step is a = 1, beta = 0, so S passes through unchanged)."""
         if pad_mask is not None:
             x = x * pad_mask[:, :, None].to(x.dtype)
         B, T, _ = x.shape
