@@ -1,8 +1,8 @@
-"""Autoregressive decoding with a KV cache: sampling, streaming and batched prompts.
+"""Autoregressive decoding with the model's cache: sampling, streaming and batched prompts.
 
-One prefill pass over the (left-padded) prompts fills the cache; every later step feeds one
-token per row and attends to the cached keys/values, so a step costs O(length) instead of a
-full forward pass over the whole prefix.
+One prefill pass over the (left-padded) prompts fills the cache (`model.new_cache`, any family: keys/values,
+MLA latents or a recurrent state); every later step feeds one token per row and reads the cache, so a step
+costs O(length) instead of a full forward pass over the whole prefix.
 """
 from __future__ import annotations
 
