@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer: training, fixed special tokens, ChatML chat format and the SFT loss mask.
+"""Byte-level BPE tokenizer: training, special tokens by name, the chat format and the SFT loss mask.
 
 The trained model is a plain `tokenizers` file plus the transformers config files, so
 `transformers.AutoTokenizer.from_pretrained(dir)` loads the same tokenizer without remote code.
@@ -14,13 +14,16 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trai
 from tokenizers import Tokenizer as _Backend
 
 from sprout.tokenizer_chat import CHAT_TEMPLATE, normalize_record, render_chat
+from sprout.tokenizer_template import (DOC_END_NAMES, TemplateChat, generation_eos_ids, read_folder_config,
+                                      token_name)
 
 __all__ = [
     "CHAT_TEMPLATE", "SPECIAL_TOKENS", "Tokenizer", "build_default_tokenizer", "default_tokenizer_dir",
     "normalize_record", "render_chat", "train_tokenizer", "train_tokenizer_from_files",
 ]
 
-# Ids 0..8 are fixed by the contract (the model configs rely on 0 = pad, 1 = <|im_start|>, 2 = eos).
+# Ids 0..8 are fixed in the tokenizers sprout trains (0 = pad, 1 = <|im_start|>, 2 = eos); every other
+# part of sprout asks the Tokenizer for ids by name, so a foreign layout works too.
 # The reserved slots let later features add control tokens without resizing trained embeddings.
 NUM_SPECIAL = 32
 NAMED_SPECIAL_TOKENS = [
@@ -85,26 +88,72 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400) -> "Tokenizer"
 
 
 class Tokenizer:
-    """A trained byte-level BPE with sprout's special tokens and chat format."""
+    """A byte-level BPE and its chat format, with special tokens taken by name.
 
-    def __init__(self, backend: _Backend) -> None:
+    Two layouts: sprout's own (trained here: fixed ids 0..8, the ChatML template of tokenizer_chat.py,
+    rendered in Python) and any other folder's (a Qwen3 / Llama-3 / MiniMind tokenizer): there `config`
+    is its tokenizer_config.json, whose eos/pad tokens and Jinja chat template are used as they are.
+    """
+
+    def __init__(self, backend: _Backend, config: dict[str, Any] | None = None,
+                 generation_eos: Iterable[int] = ()) -> None:
         self.backend = backend
-        for i, t in enumerate(NAMED_SPECIAL_TOKENS):
-            if backend.token_to_id(t) != i:
-                raise ValueError(f"tokenizer has {t} at id {backend.token_to_id(t)}, sprout expects {i}")
+        self.config = config
+        if config is None:
+            for i, t in enumerate(NAMED_SPECIAL_TOKENS):
+                if backend.token_to_id(t) != i:
+                    raise ValueError(f"tokenizer has {t} at id {backend.token_to_id(t)}, sprout expects {i}")
+            self.chat_template, self._template = CHAT_TEMPLATE, None
+            self._eos, self._pad, self._sep, self._stops = 2, 0, 0, [2, 0]
+            return
+        vocab = backend.get_vocab(with_added_tokens=True)
+        special = {k: token_name(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        self.chat_template = config.get("chat_template") or None
+        self._template = TemplateChat(self.chat_template, special) if self.chat_template else None
+        turn_end = self._template.turn_end(vocab) if self._template else None
+        doc_end = next((t for t in DOC_END_NAMES if t in vocab), None)
+        eos = turn_end or special["eos_token"] or doc_end
+        if eos not in vocab:
+            raise ValueError(f"the tokenizer's eos_token {eos!r} is not in its vocabulary; "
+                             "set eos_token in tokenizer_config.json")
+        self._eos = vocab[eos]
+        self._sep = vocab[doc_end or special["eos_token"] or eos]
+        self._pad = vocab.get(special["pad_token"] or "", self._sep)
+        named = [vocab.get(special["eos_token"] or "")] + list(generation_eos) + [self._sep]
+        self._stops = list(dict.fromkeys([self._eos] + [i for i in named if i is not None]))
 
     # ---- files ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Load from a folder holding tokenizer.json (or from the tokenizer.json file itself)."""
+        """Load from a folder holding tokenizer.json (or from the tokenizer.json file itself).
+
+        A folder whose tokenizer_config.json carries sprout's own template and ids loads in sprout's
+        layout; any other is used with its own special tokens and chat template."""
         path = Path(path)
-        return cls(_Backend.from_file(str(path / "tokenizer.json" if path.is_dir() else path)))
+        folder = path if path.is_dir() else path.parent
+        file = folder / "tokenizer.json" if path.is_dir() else path
+        if not file.exists():
+            raise SystemExit(f"{folder}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer "
+                             "with transformers' save_pretrained to get one)")
+        backend = _Backend.from_file(str(file))
+        config = read_folder_config(folder)
+        own = all(backend.token_to_id(t) == i for i, t in enumerate(NAMED_SPECIAL_TOKENS))
+        if own and config.get("chat_template", CHAT_TEMPLATE) == CHAT_TEMPLATE:
+            return cls(backend)
+        return cls(backend, config or {}, generation_eos_ids(folder))
 
     def save(self, path: str | Path) -> Path:
         """Write tokenizer.json, tokenizer_config.json (with the chat template) and special_tokens_map.json."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(out / "tokenizer.json"))
+        if self.config is not None:  # a foreign tokenizer is written back as it came
+            special_map = {k: self.config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                           if self.config.get(k) is not None}
+            for name, obj in (("tokenizer_config.json", self.config), ("special_tokens_map.json", special_map)):
+                (out / name).write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            (out / "chat_template.jinja").unlink(missing_ok=True)  # the template lives in the config now
+            return out
         added = {
             str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
                      "single_word": False, "special": _is_special(t)}
@@ -136,11 +185,26 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int:
-        return 2  # <|im_end|>: the end of every turn, where generation stops
+        """The end of an assistant turn (<|im_end|>, <|eot_id|>, ...): where an answer ends."""
+        return self._eos
 
     @property
     def pad_id(self) -> int:
-        return 0  # <|endoftext|>: padding and the separator between packed documents
+        """Padding id (the folder's pad_token, else the document separator)."""
+        return self._pad
+
+    @property
+    def doc_sep_id(self) -> int:
+        """The token that ends each pretraining document (<|endoftext|>, <|end_of_text|>, ...)."""
+        return self._sep
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every id that ends generation: the turn end, the folder's eos ids, the document end."""
+        return list(self._stops)
+
+    def has_token(self, token: str) -> bool:
+        return self.backend.token_to_id(token) is not None
 
     def token_id(self, token: str) -> int:
         i = self.backend.token_to_id(token)
@@ -160,6 +224,12 @@ class Tokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     # ---- chat ----------------------------------------------------------------------------
+    def _chat(self) -> TemplateChat:
+        if self._template is None:
+            raise ValueError("this tokenizer has no chat_template (tokenizer_config.json); chat needs one — "
+                             "copy the tokenizer files of the matching instruct model into the folder")
+        return self._template
+
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
@@ -167,12 +237,14 @@ class Tokenizer:
         add_generation_prompt: bool = False,
         enable_thinking: bool = True,
     ) -> str:
-        """The ChatML text of a conversation, identical to transformers' rendering of CHAT_TEMPLATE.
+        """The text of a conversation, identical to transformers' rendering of the folder's template.
 
-        `enable_thinking=False` with `add_generation_prompt` pre-fills the empty think block, the same
-        block the model saw in training for answers without reasoning.
+        For sprout's template, `enable_thinking=False` with `add_generation_prompt` pre-fills the empty
+        think block, the same block the model saw in training for answers without reasoning.
         """
-        return render_chat(messages, tools, add_generation_prompt, enable_thinking)[0]
+        if self.config is None:
+            return render_chat(messages, tools, add_generation_prompt, enable_thinking)[0]
+        return self._chat().render(messages, _tool_list(tools), add_generation_prompt, enable_thinking)
 
     def encode_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | str | None = None
@@ -180,10 +252,14 @@ class Tokenizer:
         """Ids of the rendered conversation and a mask that is True on the tokens the assistant produces.
 
         The text is tokenized once (so ids equal `encode(apply_chat_template(...))`); token character
-        offsets place each token inside or outside an assistant span. Each span starts with the `<think>`
-        token and ends with `<|im_end|>`, both added tokens, so no BPE merge can cross a span boundary.
+        offsets place each token inside or outside an assistant span. In sprout's layout each span starts
+        with the `<think>` token and ends with `<|im_end|>`, both added tokens, so no BPE merge can cross
+        a span boundary; with another template a token that overlaps a span counts as the assistant's.
         """
-        text, spans = render_chat(messages, tools)
+        if self.config is None:
+            text, spans = render_chat(messages, tools)
+        else:
+            text, spans = self._chat().render_with_spans(messages, _tool_list(tools))
         enc = self.backend.encode(text, add_special_tokens=False)
         mask = [False] * len(enc.ids)
         k = 0  # spans and tokens are both in text order
@@ -191,10 +267,14 @@ class Tokenizer:
             while k < len(spans) and start >= spans[k][1]:
                 k += 1
             if k < len(spans) and end > spans[k][0]:
-                if start < spans[k][0] or end > spans[k][1]:
+                if self.config is None and (start < spans[k][0] or end > spans[k][1]):
                     raise RuntimeError(f"token {enc.tokens[t]!r} straddles an assistant span boundary")
                 mask[t] = True
         return enc.ids, mask
+
+
+def _tool_list(tools: list[dict[str, Any]] | str | None) -> list[dict[str, Any]] | None:
+    return (json.loads(tools) if isinstance(tools, str) else tools) or None
 
 
 # ---- default tokenizer and file-based training ---------------------------------------------

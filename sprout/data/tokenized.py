@@ -2,7 +2,8 @@
 
 Layout written by `tokenize_pretrain(out_dir)`:
     meta.json   dtype, token/doc counts per split, source, skipped records, cache key
-    train.bin   documents back to back, each followed by <|endoftext|> (id 0)
+    train.bin   documents back to back, each followed by the tokenizer's document separator
+                (`doc_sep_id`: <|endoftext|>, id 0, in sprout's tokenizers)
     val.bin     the same for the validation documents
 Layout written by `tokenize_sft(out_dir)`:
     meta.json                 summary and cache key
@@ -28,7 +29,6 @@ import numpy as np
 
 from sprout.data.readers import VALIDATORS, DataError, ReadStats, data_files, read_located, record_invalid
 
-SEPARATOR_ID = 0  # <|endoftext|>
 _BATCH_DOCS = 1024  # documents per encode_batch call
 _FLUSH_TOKENS = 1 << 20  # write to disk every ~1M tokens so memory stays flat on big files
 FORMAT_VERSION = 1  # bump when the on-disk layout changes, to invalidate caches
@@ -42,7 +42,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of the tokenizer's full definition (vocab, merges, specials)."""
     backend = getattr(tokenizer, "backend", None)
     if backend is not None and hasattr(backend, "to_str"):
-        text = backend.to_str()
+        text = backend.to_str() + (getattr(tokenizer, "chat_template", None) or "")  # a new template re-renders
     else:  # stand-ins without a `tokenizers` backend: fall back to observable behaviour
         text = f"{type(tokenizer).__name__}:{tokenizer.vocab_size}:{tokenizer.encode('sprout 保险 fingerprint')}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -222,13 +222,14 @@ def tokenize_pretrain(
     stats = ReadStats()
     encode = _encoder(tokenizer)
     chars = 0
+    sep = tokenizer.doc_sep_id
     t0 = time.perf_counter()
     for texts in _batched(_iter_pretrain_texts(source, skip_invalid, stats), _BATCH_DOCS):
         for text, ids in zip(texts, encode(texts)):
             chars += len(text)
             doc = np.empty(len(ids) + 1, dtype=dtype)
             doc[:-1] = ids
-            doc[-1] = SEPARATOR_ID
+            doc[-1] = sep
             (val if is_val(text, seed, val_fraction) else train).append(doc)
     _ensure_val(train, val, val_fraction)
     train.close()
@@ -238,7 +239,7 @@ def tokenize_pretrain(
         raise DataError(desc, None, "no usable pretraining documents")
     meta = {
         "kind": "pretrain", "format_version": FORMAT_VERSION, "dtype": dtype.name,
-        "vocab_size": tokenizer.vocab_size, "separator_id": SEPARATOR_ID,
+        "vocab_size": tokenizer.vocab_size, "separator_id": sep,
         "train": {"tokens": train.tokens, "docs": train.docs},
         "val": {"tokens": val.tokens, "docs": val.docs},
         "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,

@@ -44,7 +44,7 @@ class ChoiceResult:
 def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[list[int], list[int]]]:
     msgs = [{"role": "user", "content": question}]
     ctx = tokenizer.encode(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=False))
-    end = tokenizer.token_id("<|im_end|>")
+    end = tokenizer.eos_id  # the end of an assistant turn, by name from the tokenizer
     return [(ctx, tokenizer.encode(opt) + [end]) for opt in options]
 
 

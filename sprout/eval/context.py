@@ -27,7 +27,7 @@ def context_length_table(model: nn.Module, tokenizer, path: str, train_len: int,
     stream: list[int] = []
     need = max(multiples) * train_len * max_windows + 1
     for rec in read_records(path, "pretrain"):
-        stream += tokenizer.encode(rec["text"]) + [tokenizer.pad_id]
+        stream += tokenizer.encode(rec["text"]) + [tokenizer.doc_sep_id]
         if len(stream) >= need:
             break
     device = next(model.parameters()).device

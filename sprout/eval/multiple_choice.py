@@ -124,8 +124,8 @@ def score_multiple_choice(model: nn.Module, tokenizer, items: list[dict], task: 
 
     Context and continuation are encoded separately (the continuation with its leading space), so
     every option is scored after exactly the same context tokens. The context starts with
-    `<|endoftext|>`, the token every document follows in pretraining."""
-    bos = [tokenizer.pad_id]
+    the document separator (`<|endoftext|>`), the token every document follows in pretraining."""
+    bos = [tokenizer.doc_sep_id]
     letter_pairs, option_pairs, n_bytes = [], [], []
     for it, (lp, op) in zip(items, build_prompts(items, dev, shots, seed, header)):
         lctx, octx = bos + tokenizer.encode(lp), bos + tokenizer.encode(op)

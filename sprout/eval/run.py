@@ -49,7 +49,7 @@ def text_loss(model, tokenizer, path: str, max_docs: int = 500, window: int = 51
     pairs, n_bytes = [], 0
     for text in _documents(tokenizer, path, max_docs):
         n_bytes += len(text.encode("utf-8"))
-        ids = [tokenizer.pad_id] + tokenizer.encode(text)  # <|endoftext|> as the first context token
+        ids = [tokenizer.doc_sep_id] + tokenizer.encode(text)  # the document separator as the first context token
         for s in range(0, len(ids) - 1, window):
             chunk = ids[s:s + window + 1]
             pairs.append((chunk[:1], chunk[1:]))

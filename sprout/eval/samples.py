@@ -49,7 +49,7 @@ def sample_questions(per_language: int = 4) -> list[tuple[str, str]]:
 def generate_samples(model: nn.Module, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 160,
                      seed: int = 0) -> list[dict]:
     sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.6, top_p=0.9, frequency_penalty=0.3,
-                        seed=seed, stop_token_ids=[tokenizer.eos_id, tokenizer.pad_id])
+                        seed=seed, stop_token_ids=tokenizer.stop_ids)
     prompts = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}],
                                                               add_generation_prompt=True, enable_thinking=False))
                for _, q in questions]

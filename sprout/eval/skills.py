@@ -41,7 +41,7 @@ def think_blocks(text: str) -> tuple[int, bool]:
 
 def _gen(model, tok, convs: list[list[dict]], thinking: bool, max_new: int, tools=None, bs: int = 16) -> list[str]:
     out = []
-    sc = SamplingConfig(max_new_tokens=max_new, temperature=0, repetition_penalty=1.0)
+    sc = SamplingConfig(max_new_tokens=max_new, temperature=0, repetition_penalty=1.0, stop_token_ids=tok.stop_ids)
     for s in range(0, len(convs), bs):
         ids = [tok.encode(tok.apply_chat_template(c, tools=tools, add_generation_prompt=True, enable_thinking=thinking))
                for c in convs[s:s + bs]]

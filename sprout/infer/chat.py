@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, TextIO
 
 import torch
@@ -35,6 +35,8 @@ class ChatSession:
 
     def __post_init__(self) -> None:
         self.history: list[dict] = []
+        if self.sampling.stop_token_ids is None:  # stop where this tokenizer ends a turn, by name
+            self.sampling = replace(self.sampling, stop_token_ids=self.tokenizer.stop_ids)
 
     def reset(self) -> None:
         self.history = []

@@ -224,7 +224,7 @@ class BatchEngine:
             room = self.context_len - len(q.prompt)
             counts = torch.zeros(V, device=self.device)
             rows.append(_Row(q, gen, seen, counts, max_new=max(1, min(sc.max_new_tokens, room)),
-                             stops=frozenset(sc.stop_token_ids)))
+                             stops=frozenset(sc.stop_token_ids or ())))
         toks = self._sample(logits, rows)
         # Merge: right-align the new rows with the running ones.
         if self._rows:

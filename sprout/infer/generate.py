@@ -22,7 +22,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages tokens already in the context (prompt included)
     frequency_penalty: float = 0.0  # OpenAI-style: logit -= f * (times the token was generated so far)
     presence_penalty: float = 0.0  # OpenAI-style: logit -= p if the token was generated at least once
-    stop_token_ids: list[int] = field(default_factory=lambda: [2, 0])  # <|im_end|>, <|endoftext|>
+    stop_token_ids: list[int] | None = None  # None: ChatSession fills in the tokenizer's stop_ids; [] = none
     seed: int | None = None
 
 
@@ -132,7 +132,7 @@ def generate(model: nn.Module, prompts: list[list[int]], sc: SamplingConfig, inc
         for i, t in enumerate(step):
             if t is not None:
                 out[i].append(t)
-    stops = set(sc.stop_token_ids)
+    stops = set(sc.stop_token_ids or ())
     if not include_stop:
         out = [o[:-1] if o and o[-1] in stops else o for o in out]
     return out

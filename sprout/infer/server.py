@@ -258,7 +258,7 @@ def _sampling(body: dict, entry: ModelEntry, settings: ServeSettings, prompt_len
         repetition_penalty=float(_num(body, "repetition_penalty", 0.01, 10, d.get("repetition_penalty", 1.0))),
         frequency_penalty=float(_num(body, "frequency_penalty", -2, 2, 0.0)),
         presence_penalty=float(_num(body, "presence_penalty", -2, 2, 0.0)),
-        stop_token_ids=[entry.tokenizer.eos_id, entry.tokenizer.pad_id],
+        stop_token_ids=entry.tokenizer.stop_ids,
         seed=None if seed is None else seed % (1 << 63),
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -57,6 +58,8 @@ def generate_sft(model, tokenizer, prompts: list[list[dict[str, Any]]], out: str
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if sampling.stop_token_ids is None:  # stop where the teacher's tokenizer ends a turn
+        sampling = replace(sampling, stop_token_ids=tokenizer.stop_ids)
     tmp = out.with_name(out.name + ".tmp")
     written = 0
     with open(tmp, "w", encoding="utf-8") as f, torch.inference_mode():

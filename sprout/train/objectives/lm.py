@@ -59,8 +59,8 @@ class PretrainObjective(CausalLMObjective):
         cache = self.cache_dir()
         tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
                           seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
-        return (PretrainDataset(cache / "train.bin", self.cfg.seq_len),
-                PretrainDataset(cache / "val.bin", self.cfg.seq_len))
+        val = PretrainDataset(cache / "val.bin", self.cfg.seq_len) if self.cfg.val_fraction > 0 else None
+        return PretrainDataset(cache / "train.bin", self.cfg.seq_len), val  # val_fraction=0: no validation
 
 
 @register
@@ -75,11 +75,14 @@ class SFTObjective(CausalLMObjective):
         cache = self.cache_dir()
         tokenize_sft(self.data_source(), tokenizer, cache, self.cfg.seq_len, val_fraction=self.cfg.val_fraction,
                      seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
-        return (SFTDataset(cache / "train", self.cfg.seq_len, pack=self.cfg.pack),
-                SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack))
+        val = SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack) if self.cfg.val_fraction > 0 else None
+        return SFTDataset(cache / "train", self.cfg.seq_len, pack=self.cfg.pack), val  # val_fraction=0: none
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        # Rows are padded with <|endoftext|> (id 0) after the last conversation; padding is not data.
+        # Rows are padded after the last conversation; padding is not data. Packed rows give padding the
+        # doc id after the row's last conversation; unpacked rows mark it with attention_mask.
         if "attention_mask" in batch:
             return int(batch["attention_mask"].sum())
-        return int((batch["input_ids"] != 0).sum())
+        doc = batch["doc_ids"]
+        last = torch.where(batch["labels"] != -100, doc, -1).amax(-1, keepdim=True)
+        return int((doc <= last).sum())

@@ -42,6 +42,11 @@ class _TaggedSFT(SFTObjective):
     def load_tokenizer(self) -> Any:
         tok = super().load_tokenizer()
         names = self.args.get("tag_tokens", TAGS)
+        missing = [t for t in names if not tok.has_token(t)]
+        if missing:  # the data writes these tags; as several BPE pieces the model could not learn them as one
+            raise SystemExit(f"the tokenizer of {self.cfg.tokenizer or self.cfg.model} has no {', '.join(missing)} "
+                             f"token, which the {self.name} stage's data is written with; use a tokenizer that has "
+                             "them (sprout's own, Qwen3's) or pretrain with one")
         self.tag_ids = torch.tensor([tok.token_id(t) for t in names])
         return tok
 
