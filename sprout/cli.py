@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.report import add_report_command
     from .eval.run import add_eval_command
     from .infer.server import add_serve_command
+    from .models.minimind import add_import_command
     from .post_cli import add_chat_flags, add_post_training_commands
 
     parser = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_command(sub)
     add_bench_command(sub)
     add_post_training_commands(sub)
+    add_import_command(sub)
 
     return parser
 
