@@ -13,6 +13,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """The flags every training stage shares, spelled the same everywhere."""
     p.add_argument("--recipe", help="built-in recipe name or YAML file (see sprout/recipes/)")
     p.add_argument("--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)")
+    p.add_argument("--data-dir", help="your data in MiniMind's layout: --data becomes the stage's file (docs/data.md)")
     p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
     p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3, "
                    "cpu-moe, minimind2-moe, minimind3-moe, mini-deepseekv3, mini-qwen3-next, ...")
@@ -31,6 +32,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .config import build_train_config
     from .train.engine import train
 
+    if a.data_dir and not a.data:
+        from .data.data_dir import require, stage_files
+
+        a.data = str(require(stage_files(a.data_dir), a.data_dir, (a.stage,))[a.stage])
     flags = {"data": a.data, "model": a.model, "preset": a.preset, "tokenizer": a.tokenizer, "out": a.out,
              "max_steps": a.max_steps, "max_tokens": a.max_tokens, "max_minutes": a.max_minutes, "epochs": a.epochs,
              "resume": a.resume, "skip_invalid": a.skip_invalid}
@@ -96,7 +101,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from .speedrun import speedrun
 
-    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes)
+    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes, tokenizer=a.tokenizer,
+             max_steps=a.max_steps, eval_questions=a.eval_questions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speedrun", help="tokenizer -> pretrain -> SFT -> eval -> report, on built-in data")
     p.add_argument("--out", default="runs/speedrun")
     p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
-    p.add_argument("--data-dir", help="folder with MiniMind's pretrain_hq.jsonl and sft_mini_512.jsonl (GPU recipes)")
+    p.add_argument("--data-dir", help="your data in MiniMind's layout: pretrain_hq.jsonl, sft_*.jsonl, ... "
+                   "(see docs/data.md); the tokenizer is trained on its pretraining text")
+    p.add_argument("--tokenizer", help="use this tokenizer folder as it is (e.g. MiniMind's) instead of training one")
     p.add_argument("--minutes", type=float, help="total training minutes (default from the recipe)")
+    p.add_argument("--max-steps", type=int, help="step limit for each training stage (a quick trial run)")
+    p.add_argument("--eval-questions", type=int, help="questions per answer-selection task (default from the recipe)")
     p.set_defaults(func=cmd_speedrun)
 
     p = sub.add_parser("train", help="train one stage (pretrain, sft, ...)",

@@ -1,8 +1,9 @@
 """`sprout speedrun`: tokenizer -> pretrain -> SFT -> evaluation -> report, in one command.
 
 On a 2-core CPU the `cpu` recipe finishes in about 20 minutes on the built-in data. With
-`--recipe minimind2-small --data-dir DIR` the same pipeline runs MiniMind's GPU recipe on
-MiniMind's own pretrain_hq.jsonl + sft_mini_512.jsonl.
+`--data-dir DIR` it runs on one's own files in MiniMind's layout (sprout/data/data_dir.py: pretrain_hq.jsonl,
+sft_*.jsonl, ...), e.g. `--recipe minimind2-small --data-dir DIR` is MiniMind's GPU recipe on its own data;
+the tokenizer is then trained on DIR's pretraining text, unless `--tokenizer` names one to use as it is.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from pathlib import Path
 import torch
 
 from .config import build_train_config, load_recipe
-from .data.builtin import minimind_files, pretrain_texts, write_builtin
+from .data.builtin import pretrain_texts, write_builtin
+from .data.data_dir import require, stage_files
 from .eval.choice import score_choices
 from .eval.tasks import builtin_items
 from .eval.perplexity import dataset_loss
 from .eval.report import build_report
 from .eval.samples import generate_samples, sample_questions
 from .infer.loading import load_for_inference
-from .tokenizer import Tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, iter_file_texts, train_tokenizer
 from .train.engine import train
 from .train.objectives import build_objective
 
@@ -29,7 +31,10 @@ def _log(msg: str) -> None:
     print(f"\n[speedrun] {msg}", flush=True)
 
 
-def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minutes: float | None = None) -> Path:
+def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minutes: float | None = None,
+             tokenizer: str | None = None, max_steps: int | None = None, eval_questions: int | None = None) -> Path:
+    """`tokenizer`: a tokenizer folder to use as it is (e.g. MiniMind's) instead of training one;
+    `max_steps`: a step limit for each training stage; `eval_questions`: per answer-selection task."""
     t0 = time.time()
     settings = load_recipe(recipe, "speedrun")
     out.mkdir(parents=True, exist_ok=True)
@@ -37,8 +42,9 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
 
     # 1. data: built-in corpora written as ordinary jsonl files, or the user's MiniMind files
     if data_dir:
-        files = minimind_files(data_dir)
+        files = require(stage_files(data_dir), data_dir, ("pretrain", "sft"))
         pretrain_data, sft_data = str(files["pretrain"]), str(files["sft"])
+        _log(f"your data: pretrain {pretrain_data}, sft {sft_data}")
     else:
         pretrain_data, sft_data = str(out / "data" / "pretrain.jsonl"), str(out / "data" / "sft.jsonl")
         if not (Path(pretrain_data).exists() and Path(sft_data).exists()):
@@ -46,13 +52,15 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
             write_builtin("pretrain", pretrain_data, weights=settings.get("pretrain_mix"))
             write_builtin("sft", sft_data)
 
-    # 2. tokenizer: byte-level BPE on the built-in text
-    tok_dir = out / "tokenizer"
+    # 2. tokenizer: byte-level BPE on the pretraining text (built-in or the user's), or the one given
+    tok_dir = Path(tokenizer) if tokenizer else out / "tokenizer"
     t = time.time()
     if not (tok_dir / "tokenizer.json").exists():
-        _log(f"training a {settings['vocab_size']}-token BPE tokenizer")
+        source = pretrain_data if data_dir else "the built-in corpus"
+        _log(f"training a {settings['vocab_size']}-token BPE tokenizer on {source}")
         budget, texts, used = settings["tokenizer_chars"], [], 0
-        for text in pretrain_texts(weights=settings.get("pretrain_mix")):
+        corpus = iter_file_texts([pretrain_data]) if data_dir else pretrain_texts(weights=settings.get("pretrain_mix"))
+        for text in corpus:
             texts.append(text)
             used += len(text)
             if used >= budget:
@@ -74,7 +82,7 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
     cfgs = {}
     for stage, data, start, stage_out in (("pretrain", pretrain_data, None, base_dir), ("sft", sft_data, base_dir, chat_dir)):
         flags = {"data": data, "out": str(stage_out), "tokenizer": str(tok_dir), "model": str(start) if start else None,
-                 "max_minutes": stage_minutes.get(stage)}
+                 "max_minutes": stage_minutes.get(stage), "max_steps": max_steps}
         cfgs[stage] = cfg = build_train_config(recipe, stage, flags, overrides)
         t = time.time()
         if (stage_out / "model.safetensors").exists():
@@ -89,7 +97,7 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
     # 5. evaluation
     t = time.time()
     _log("evaluating base and chat models")
-    results = evaluate(base_dir, chat_dir, cfgs["sft"], settings.get("eval_questions", 160))
+    results = evaluate(base_dir, chat_dir, cfgs["sft"], eval_questions or settings.get("eval_questions", 160))
     timings["eval_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
     results["timings"] = timings

@@ -302,7 +302,8 @@ def _texts_from_record(record: dict[str, Any]) -> Iterator[str]:
                     yield m[field]
 
 
-def _iter_file_texts(paths: Iterable[str | Path]) -> Iterator[str]:
+def iter_file_texts(paths: Iterable[str | Path]) -> Iterator[str]:
+    """The texts of jsonl files (or folders of them): `text` fields and conversation contents."""
     for p in paths:
         p = Path(p)
         files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
@@ -322,6 +323,6 @@ def train_tokenizer_from_files(
     paths: Iterable[str | Path], vocab_size: int = 6400, out_dir: str | Path = "tokenizer"
 ) -> Tokenizer:
     """Train on jsonl files (or folders of them): `text` fields and conversation contents; save to out_dir."""
-    tok = train_tokenizer(_iter_file_texts(paths), vocab_size)
+    tok = train_tokenizer(iter_file_texts(paths), vocab_size)
     tok.save(out_dir)
     return tok

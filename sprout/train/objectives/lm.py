@@ -57,10 +57,15 @@ class PretrainObjective(CausalLMObjective):
         from ...data.tokenized import tokenize_pretrain
 
         cache = self.cache_dir()
-        tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
-                          seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
-        val = PretrainDataset(cache / "val.bin", self.cfg.seq_len) if self.cfg.val_fraction > 0 else None
-        return PretrainDataset(cache / "train.bin", self.cfg.seq_len), val  # val_fraction=0: no validation
+        meta = tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
+                                 seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        val = None  # val_fraction=0: no validation
+        if self.cfg.val_fraction > 0 and meta["val"]["tokens"] <= self.cfg.seq_len:
+            print(f"validation off: the {meta['val']['tokens']} held-out tokens do not fill one window of "
+                  f"{self.cfg.seq_len}+1; raise val_fraction (now {self.cfg.val_fraction}) for a validation loss")
+        elif self.cfg.val_fraction > 0:
+            val = PretrainDataset(cache / "val.bin", self.cfg.seq_len)
+        return PretrainDataset(cache / "train.bin", self.cfg.seq_len), val
 
 
 @register
