@@ -203,6 +203,10 @@ class Tokenizer:
         """Every id that ends generation: the turn end, the folder's eos ids, the document end."""
         return list(self._stops)
 
+    def generation_ids(self) -> dict[str, Any]:
+        """Token ids for the folder's generation_config.json, so transformers' generate() stops where sprout does."""
+        return {"eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
+
     def has_token(self, token: str) -> bool:
         return self.backend.token_to_id(token) is not None
 

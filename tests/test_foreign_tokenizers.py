@@ -130,6 +130,16 @@ def test_lora_adapter_loads_in_peft_with_equal_logits(folder, tmp_path):
         theirs = peft.PeftModel.from_pretrained(base, str(out)).eval()(ids).logits
     assert (theirs - plain).abs().max() > 1e-4  # the adapter trained
     assert (ours - theirs).abs().max() < 1e-4
+    # export: the merged folder is a plain transformers model with the folder's own tokenizer
+    from transformers import AutoTokenizer
+
+    from sprout.export.merge_lora import merge_lora_folder
+
+    merged = merge_lora_folder(folder, out, tmp_path / "merged")
+    with torch.no_grad():
+        folded = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()(ids).logits
+    assert (folded - theirs).abs().max() < 1e-4
+    assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(folder).chat_template
 
 
 def test_sft_continues_and_keeps_the_folders_tokenizer(folder, tmp_path):
@@ -144,6 +154,11 @@ def test_sft_continues_and_keeps_the_folders_tokenizer(folder, tmp_path):
     theirs, ours = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(folder)
     assert theirs.chat_template == ours.chat_template and theirs.get_vocab() == ours.get_vocab()
     AutoModelForCausalLM.from_pretrained(out)  # stock transformers reads the trained folder
+    # transformers' generate() stops where sprout does: the turn end and the document end, nothing else
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == Tokenizer.load(folder).stop_ids
+    assert set(theirs.convert_ids_to_tokens(gen["eos_token_id"])) <= {"<|im_end|>", "<|eot_id|>", "<|endoftext|>",
+                                                                     "<|end_of_text|>"}
 
 
 def test_dpo_step(folder, tmp_path):

@@ -16,11 +16,13 @@ def merge_lora_folder(base: str | Path, adapter: str | Path, out: str | Path) ->
     model = load_adapter(load_model(base), adapter)
     merge_lora(model)
     out = Path(out)
-    save_model(model, out)
-    for src in (Path(adapter), Path(base)):  # tokenizer: the adapter's copy first, else the base's
-        if (src / "tokenizer.json").exists():
-            from ..tokenizer import Tokenizer
+    src = next((s for s in (Path(adapter), Path(base)) if (s / "tokenizer.json").exists()), None)
+    tok = None  # the tokenizer: the adapter's copy first, else the base's
+    if src is not None:
+        from ..tokenizer import Tokenizer
 
-            Tokenizer.load(src).save(out)
-            break
+        tok = Tokenizer.load(src)
+    save_model(model, out, tok.generation_ids() if tok else None)
+    if tok:
+        tok.save(out)
     return out

@@ -146,15 +146,15 @@ def import_minimind(path: str | Path, out: str | Path, tokenizer: str | Path | N
         raise SystemExit(f"{path}: tensors do not match a MiniMind{'2' if gen == 2 else '-3'} model "
                          f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
     out = Path(out)
-    save_model(model, out)
+    tok = Tokenizer.load(tokenizer) if tokenizer else None
+    if tok and tok.vocab_size > cfg.vocab_size:
+        raise SystemExit(f"{tokenizer}: {tok.vocab_size} tokens, more than the checkpoint's {cfg.vocab_size}")
+    save_model(model, out, tok.generation_ids() if tok else None)
     print(f"MiniMind{'2' if gen == 2 else '-3'} {cfg.model_type}: {cfg.num_hidden_layers} layers, hidden "
           f"{cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv, vocab "
           f"{cfg.vocab_size}" + (f", {cfg.num_experts} experts top-{cfg.num_experts_per_tok}"
                                  if isinstance(cfg, MoEConfig) else "") + f" -> {out}")
-    if tokenizer:
-        tok = Tokenizer.load(tokenizer)
-        if tok.vocab_size > cfg.vocab_size:
-            raise SystemExit(f"{tokenizer}: {tok.vocab_size} tokens, more than the checkpoint's {cfg.vocab_size}")
+    if tok:
         tok.save(out)
     else:
         print("no --tokenizer given: copy MiniMind's tokenizer folder in (--tokenizer DIR) before chatting")

@@ -153,7 +153,7 @@ class Objective:
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""
-        save_model(model, out)
+        save_model(model, out, tokenizer.generation_ids() if tokenizer is not None else None)
         if tokenizer is not None:
             tokenizer.save(out)
 
