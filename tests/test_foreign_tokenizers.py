@@ -161,6 +161,31 @@ def test_sft_continues_and_keeps_the_folders_tokenizer(folder, tmp_path):
                                                                      "<|end_of_text|>"}
 
 
+def test_pretrain_continues_with_the_folders_document_separator(folder, tmp_path):
+    from sprout.data.builtin import pretrain_texts
+
+    with open(tmp_path / "text.jsonl", "w", encoding="utf-8") as f:
+        for t in pretrain_texts(max_chars=20_000):
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    cfg = TrainConfig(stage="pretrain", model=str(folder), data=str(tmp_path / "text.jsonl"), out=str(tmp_path / "run"),
+                      seq_len=64, batch_size=4, max_steps=2, eval_every=0, log_every=1, save_every=0, lr=1e-3)
+    out = train(cfg)
+    meta = json.loads((out / "tokenized" / "pretrain" / "meta.json").read_text())
+    assert meta["separator_id"] == Tokenizer.load(folder).doc_sep_id  # <|endoftext|> / <|end_of_text|>, by name
+    with torch.no_grad():  # the weights moved from the folder's
+        ids = torch.tensor([[5, 6, 7]])
+        assert (load_model(out)(ids).logits - load_model(folder)(ids).logits).abs().max() > 0
+
+
+def test_distill_from_the_folder_into_a_copy(folder, tmp_path):
+    cfg = TrainConfig(stage="distill", model=str(folder), data=str(_sft_file(tmp_path / "sft.jsonl")),
+                      out=str(tmp_path / "run"), seq_len=64, batch_size=4, max_steps=1, eval_every=0, log_every=1,
+                      save_every=0, lr=1e-3, val_fraction=0, objective_args={"teacher": str(folder)})
+    out = train(cfg)
+    first = next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line)
+    assert first["kd"] == pytest.approx(0.0, abs=1e-5)  # student = teacher at step 1: zero divergence
+
+
 def test_dpo_step(folder, tmp_path):
     from sprout.data.builtin_sets import dpo_pairs
 
