@@ -103,7 +103,8 @@ class Tokenizer:
             for i, t in enumerate(NAMED_SPECIAL_TOKENS):
                 if backend.token_to_id(t) != i:
                     raise ValueError(f"tokenizer has {t} at id {backend.token_to_id(t)}, sprout expects {i}")
-            self.chat_template, self._template = CHAT_TEMPLATE, None
+            self.chat_template: str | None = CHAT_TEMPLATE
+            self._template: TemplateChat | None = None
             self._eos, self._pad, self._sep, self._stops = 2, 0, 0, [2, 0]
             return
         vocab = backend.get_vocab(with_added_tokens=True)
@@ -207,6 +208,9 @@ class Tokenizer:
         """Token ids for the folder's generation_config.json, so transformers' generate() stops where sprout does."""
         return {"eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
 
+    def token_name(self, i: int) -> str | None:
+        return self.backend.id_to_token(i)
+
     def has_token(self, token: str) -> bool:
         return self.backend.token_to_id(token) is not None
 
@@ -263,7 +267,7 @@ class Tokenizer:
         if self.config is None:
             text, spans = render_chat(messages, tools)
         else:
-            text, spans = self._chat().render_with_spans(messages, _tool_list(tools))
+            text, spans = self._chat().render_with_spans(messages, _tool_list(tools), self.token_name(self._eos))
         enc = self.backend.encode(text, add_special_tokens=False)
         mask = [False] * len(enc.ids)
         k = 0  # spans and tokens are both in text order

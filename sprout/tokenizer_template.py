@@ -4,16 +4,22 @@ sprout's own tokenizer renders ChatML with a Python twin of its template (sprout
 A folder written by someone else (a Qwen3 or Llama-3 checkpoint, MiniMind's tokenizer) brings its own
 template and id layout; this module renders that template the way transformers does
 (`transformers.utils.chat_template_utils.render_jinja_template`, a sandboxed Jinja environment) and
-builds the SFT assistant mask from prefix differences, which works for any template whose rendering of
-a conversation starts with its rendering of every shorter conversation (ChatML, Llama-3, MiniMind):
+builds the SFT assistant mask from prefix differences (ChatML, Llama-3, MiniMind, Qwen3 alike):
 
-    prompt_i = render(messages[:i], add_generation_prompt=True)   # ... up to "assistant\\n"
-    full_i   = render(messages[:i+1])                             # ... the answer and its end token
-    assistant span i = [len(prompt_i), len(full_i.rstrip()))       # the answer, up to its end token
+    full     = render(messages)                                   # the training text
+    prompt_i = render(messages[:i], add_generation_prompt=True)   # ... up to "assistant\\n" (+ any prefill)
+    upto_i   = render(messages[:i+1]).rstrip()                    # ... the answer and its end token
+    span i   = [common prefix of prompt_i and full, len(upto_i))  # what the model itself would write
+
+Starting at the common prefix (not at len(prompt_i)) covers templates whose generation prompt pre-fills
+something the answer replaces (MiniMind's and Qwen3's empty `<think></think>` when a turn has reasoning).
+Where a template rewrites a turn once later turns follow (Qwen3 drops the reasoning of earlier turns),
+upto_i is not a prefix of the training text; the span then ends at the turn's end token in the text.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,35 +72,45 @@ class TemplateChat:
 
     def __init__(self, template: str, special: dict[str, str | None]) -> None:
         self.template = template
-        self.special = {k: v for k, v in special.items() if v is not None}  # bos_token, eos_token, ...
+        self.special: dict[str, Any] = {k: v for k, v in special.items() if v is not None}  # bos_token, ...
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = False, enable_thinking: bool = True) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
-            rendered, _ = render_jinja_template(
-                conversations=[messages], tools=tools, chat_template=self.template,
+            # Returns (one text per conversation, generation indices), whatever its annotation says.
+            result: Any = render_jinja_template(
+                conversations=[messages], tools=list(tools) if tools else None, chat_template=self.template,
                 add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **self.special)
         except Exception as e:  # jinja2 raises its own errors, templates raise_exception(...) with any text
             raise ValueError(f"the chat template cannot render this conversation: {type(e).__name__}: {e}") from None
-        return rendered[0]
+        return result[0][0]
 
-    def render_with_spans(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-                          ) -> tuple[str, list[tuple[int, int]]]:
-        """The whole conversation and the (start, end) character span of each assistant answer."""
+    def render_with_spans(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                          turn_end: str | None) -> tuple[str, list[tuple[int, int]]]:
+        """The whole conversation and the (start, end) character span of each assistant answer, its end
+        token (`turn_end`, e.g. <|im_end|>) included."""
         full = self.render(messages, tools)
         spans = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            prompt = self.render(messages[:i], tools, add_generation_prompt=True)
+            base = self.render(messages[:i], tools) if i else ""
+            start = len(os.path.commonprefix([self.render(messages[:i], tools, add_generation_prompt=True), full]))
             upto = self.render(messages[:i + 1], tools).rstrip()
-            if not (upto.startswith(prompt) and full.startswith(upto)):
-                raise ValueError("this chat template renders earlier turns differently once later turns follow "
-                                 "(e.g. it drops past reasoning), so the assistant spans cannot be found by "
-                                 "prefix; train with a template that renders each turn the same way")
-            spans.append((len(prompt), len(upto)))
+            if full.startswith(upto) and len(upto) > start:
+                end = len(upto)
+            else:  # this turn reads differently once later turns follow: it ends at its end token
+                at = full.find(turn_end, start) if turn_end else -1
+                if at < 0:
+                    raise ValueError("cannot find where assistant turn ends in the chat template's text; the "
+                                     "tokenizer needs a known end-of-turn token (eos_token)")
+                end = at + len(turn_end)
+            if not full.startswith(base) or start < len(base):  # the span would swallow earlier turns
+                raise ValueError("this chat template renders the conversation before an assistant turn differently "
+                                 "once later turns follow, so the assistant spans cannot be found by prefix")
+            spans.append((start, end))
         return full, spans
 
     def turn_end(self, vocab: dict[str, int]) -> str | None:

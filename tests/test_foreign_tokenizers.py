@@ -217,3 +217,31 @@ def test_reasoning_stage_refuses_a_tokenizer_without_think(tmp_path):
                       max_steps=1, eval_every=0, save_every=0)
     with pytest.raises(SystemExit, match="<think>"):
         train(cfg)
+
+
+# A Qwen3-like template of our own: it drops the reasoning of turns before the last user message and its
+# generation prompt pre-fills "<think>\n", so neither prefix of the training text is a plain rendering.
+REWRITING_TEMPLATE = (
+    "{%- set ns = namespace(last=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}"
+    "{%- for m in messages -%}{%- if m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if loop.index0 > ns.last and m.reasoning_content -%}"
+    "{{- '<think>\\n' + m.reasoning_content + '\\n</think>\\n\\n' -}}{%- endif -%}{{- m.content + '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n<think>\\n' -}}{%- endif -%}"
+)
+
+
+def test_mask_when_the_template_rewrites_history_and_prefills():
+    from foreign_folders import build_tokenizer
+
+    hf = build_tokenizer("chatml")
+    tok = Tokenizer(hf.backend_tokenizer, {"chat_template": REWRITING_TEMPLATE, "eos_token": "<|im_end|>",
+                                           "pad_token": "<|endoftext|>"})
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.", "reasoning_content": "greet"},
+            {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4.", "reasoning_content": "add"}]
+    ids, mask = tok.encode_chat(conv)
+    assert tok.decode(ids) == hf.apply_chat_template(conv, chat_template=REWRITING_TEMPLATE, tokenize=False)
+    assert "greet" not in tok.decode(ids)  # the first turn's reasoning is gone from the training text
+    # the first answer as it stands in the text; the second from after the pre-filled "<think>\n"
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Hello.<|im_end|>add\n</think>\n\n4.<|im_end|>"

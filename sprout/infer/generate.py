@@ -6,7 +6,7 @@ costs O(length) instead of a full forward pass over the whole prefix.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch

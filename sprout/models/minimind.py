@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,8 @@ from .hub import build_model, save_model
 from .moe import MoEConfig
 
 # MiniMind's defaults per generation (its MiniMindConfig): RMSNorm eps, experts per token.
-DEFAULTS = {2: {"rms_norm_eps": 1e-5, "experts_per_token": 2}, 3: {"rms_norm_eps": 1e-6, "experts_per_token": 1}}
+DEFAULTS: dict[int, dict[str, Any]] = {2: {"rms_norm_eps": 1e-5, "experts_per_token": 2},
+                                       3: {"rms_norm_eps": 1e-6, "experts_per_token": 1}}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
@@ -86,11 +88,12 @@ def infer_config(state: dict[str, torch.Tensor], opt: ImportOptions) -> tuple[Mo
                              "(pass --heads N)")
         head_dim = H // heads
     lm_head = state.get("lm_head.weight")
-    common = dict(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=heads,
-                  num_key_value_heads=kv_out // head_dim, head_dim=head_dim, rope_theta=opt.rope_theta,
-                  rms_norm_eps=opt.rms_norm_eps or d["rms_norm_eps"], max_position_embeddings=opt.max_position_embeddings,
-                  tie_word_embeddings=lm_head is None or torch.equal(lm_head, state["model.embed_tokens.weight"]),
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common: dict[str, Any] = dict(
+        vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=heads,
+        num_key_value_heads=kv_out // head_dim, head_dim=head_dim, rope_theta=opt.rope_theta,
+        rms_norm_eps=opt.rms_norm_eps or d["rms_norm_eps"], max_position_embeddings=opt.max_position_embeddings,
+        tie_word_embeddings=lm_head is None or torch.equal(lm_head, state["model.embed_tokens.weight"]),
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)  # MiniMind tokenizer ids; generation_config takes a given one
     if p + "mlp.gate_proj.weight" in state:
         inter = state[p + "mlp.gate_proj.weight"].shape[0]
         return ModelConfig(model_type="qwen3" if gen == 3 else "llama", intermediate_size=inter, **common), gen
