@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from sprout.data.data_dir import stage_files
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir
@@ -29,9 +30,13 @@ def minimind_folder(root):
             for i in range(300)])
     sub = root / "more"
     sub.mkdir()
-    for name in ("sft_1024.jsonl", "dpo.jsonl", "r1_mix_1024.jsonl", "rlaif-mini.jsonl", "lora_medical.jsonl",
-                 "lora_identity.jsonl"):
+    for name in ("sft_1024.jsonl", "r1_mix_1024.jsonl", "rlaif-mini.jsonl", "lora_medical.jsonl"):
         (sub / name).write_text("", encoding="utf-8")
+    q = [{"role": "user", "content": f"Who are you, friend {i}?"} for i in range(16)]
+    _write(sub / "lora_identity.jsonl", [{"conversations": [m, {"role": "assistant", "content": "I am sprout."}]}
+                                         for m in q])
+    _write(sub / "dpo.jsonl", [{"chosen": [m, {"role": "assistant", "content": "I am sprout."}],
+                                "rejected": [m, {"role": "assistant", "content": "No idea."}]} for m in q])
     return root
 
 
@@ -65,3 +70,11 @@ def test_speedrun_on_own_folder_trains_tokenizer_on_its_text(tmp_path):
         assert Tokenizer.load(tmp_path / "run" / stage).vocab_size == tok.vocab_size
     results = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert set(results["val_loss"]) == {"base", "chat"} and results["samples"]
+    # the other stages take their file from the same folder
+    for stage, file in (("lora", "lora_identity.jsonl"), ("dpo", "dpo.jsonl")):
+        out = tmp_path / stage
+        main(["train", stage, "--data-dir", str(data), "--model", str(tmp_path / "run" / "sft"), "--out", str(out),
+              "--max-steps", "1", "batch_size=4", "seq_len=64", "eval_every=0", "save_every=0", "log_every=1"])
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert any(r.get("step") == 1 and "loss" in r for r in rows)
+        assert yaml.safe_load((out / "config.yaml").read_text())["data"].endswith(file)
