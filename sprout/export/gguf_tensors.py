@@ -1,0 +1,103 @@
+"""Hugging Face tensor names and layouts -> llama.cpp's GGUF names and layouts, per architecture.
+
+llama.cpp names tensors `blk.N.attn_q.weight`, `blk.N.ffn_gate_exps.weight`, ... and expects a few
+layouts that differ from transformers':
+
+* `llama` rotates RoPE pairs (x0, x1), (x2, x3), ... while transformers' Llama rotates the halves
+  (x_i, x_{i+d/2}); the Q and K rows of each head are permuted so both compute the same thing.
+  `qwen3` / `qwen3moe` use the half-rotation in llama.cpp too ("NEOX" RoPE): no permutation.
+* experts are one 3-D tensor per projection, `[n_expert, rows, cols]` (numpy order), not one matrix
+  per expert.
+* DeepSeek's MLA up-projection `kv_b_proj` is split into `attn_k_b` (transposed per head) and
+  `attn_v_b`, so llama.cpp can absorb them into the query and output (the MLA "weight absorption").
+  Its RoPE pairs are already interleaved (`rope_interleave`), which is what llama.cpp expects.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import torch
+
+# model_type -> llama.cpp architecture name (general.architecture)
+ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}
+
+_COMMON = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.gate.weight": "ffn_gate_inp.weight",
+    # DeepSeek-V3: MLA projections, shared experts, the router's balancing bias
+    "self_attn.q_a_proj.weight": "attn_q_a.weight",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
+    "self_attn.q_b_proj.weight": "attn_q_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+}
+_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_EXPERT_KEY = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
+
+
+def _unrotate_halves(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder each head's rows from half-rotation order to pair-rotation order (llama RoPE).
+
+    Within a head of size d, row j < d/2 and row j + d/2 form one rotated pair; llama.cpp wants
+    them at rows 2j and 2j+1."""
+    rows, cols = w.shape
+    d = rows // n_head
+    return w.reshape(n_head, 2, d // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """(GGUF name, tensor) for every weight of a model folder, in llama.cpp's layout."""
+    model_type = hf["model_type"]
+    experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    for key, t in state.items():
+        if key in _COMMON:
+            yield _COMMON[key], t
+            continue
+        m = _LAYER_KEY.fullmatch(key)
+        if not m:
+            raise ValueError(f"tensor {key!r} has no GGUF name")
+        i, rest = int(m.group(1)), m.group(2)
+        e = _EXPERT_KEY.fullmatch(rest)
+        if e:
+            experts.setdefault((i, e.group(2)), {})[int(e.group(1))] = t
+        elif rest == "self_attn.kv_b_proj.weight":
+            yield from _split_kv_b(i, t, hf)
+        elif rest in _LAYER:
+            if model_type == "llama" and rest == "self_attn.q_proj.weight":
+                t = _unrotate_halves(t, hf["num_attention_heads"])
+            elif model_type == "llama" and rest == "self_attn.k_proj.weight":
+                t = _unrotate_halves(t, hf["num_key_value_heads"])
+            yield f"blk.{i}.{_LAYER[rest]}", t
+        else:
+            raise ValueError(f"tensor {key!r} has no GGUF name for {model_type}")
+    for (i, proj), by_id in sorted(experts.items()):
+        yield f"blk.{i}.ffn_{proj}_exps.weight", torch.stack([by_id[k] for k in sorted(by_id)])
+
+
+def _split_kv_b(i: int, w: torch.Tensor, hf: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """kv_b_proj [heads * (nope + v), kv_lora] -> attn_k_b [heads, nope, kv_lora]^T per head, attn_v_b."""
+    heads, nope, v = hf["num_attention_heads"], hf["qk_nope_head_dim"], hf["v_head_dim"]
+    kv = w.reshape(heads, nope + v, w.shape[-1])
+    k_b, v_b = kv.split([nope, v], dim=1)
+    yield f"blk.{i}.attn_k_b.weight", k_b.transpose(1, 2).contiguous()  # [heads, kv_lora, nope]
+    yield f"blk.{i}.attn_v_b.weight", v_b.contiguous()  # [heads, v, kv_lora]
