@@ -94,11 +94,21 @@ def _write_hparams(w, hf: dict, arch: str) -> None:
     w.add_head_count_kv(hf["num_key_value_heads"])
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    if arch == "qwen3moe":
+    if arch != "qwen3next":
+        w.add_rope_dimension_count(head_dim)
+    if arch in ("qwen3moe", "qwen3next"):
         w.add_expert_count(hf["num_experts"])
         w.add_expert_used_count(hf["num_experts_per_tok"])
         w.add_expert_feed_forward_length(hf["moe_intermediate_size"])
+    if arch == "qwen3next":
+        w.add_expert_shared_feed_forward_length(hf["shared_expert_intermediate_size"])
+        w.add_rope_dimension_count(int(head_dim * hf["partial_rotary_factor"]))  # partial RoPE
+        w.add_full_attention_interval(hf["full_attention_interval"])
+        w.add_ssm_conv_kernel(hf["linear_conv_kernel_dim"])
+        w.add_ssm_state_size(hf["linear_key_head_dim"])
+        w.add_ssm_group_count(hf["linear_num_key_heads"])
+        w.add_ssm_time_step_rank(hf["linear_num_value_heads"])
+        w.add_ssm_inner_size(hf["linear_value_head_dim"] * hf["linear_num_value_heads"])
 
 
 def _write_tokenizer(w, folder: Path, vocab_size: int) -> None:

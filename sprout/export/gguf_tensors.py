@@ -11,6 +11,10 @@ layouts that differ from transformers':
 * DeepSeek's MLA up-projection `kv_b_proj` is split into `attn_k_b` (transposed per head) and
   `attn_v_b`, so llama.cpp can absorb them into the query and output (the MLA "weight absorption").
   Its RoPE pairs are already interleaved (`rope_interleave`), which is what llama.cpp expects.
+* Qwen3-Next: llama.cpp's norms multiply by w where transformers' zero-centred norms multiply by
+  (1 + w), so 1 is added (except the Gated DeltaNet output norm, a plain one); A is stored as
+  -exp(A_log); the fused `in_proj_qkvz`, interleaved per key head as [q, k, v, z], becomes one
+  [all q, all k, all v] matrix `attn_qkv` plus the output gate `attn_gate`.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from collections.abc import Iterator
 import torch
 
 # model_type -> llama.cpp architecture name (general.architecture)
-ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}
+ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
+                 "qwen3_next": "qwen3next"}
 
 _COMMON = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -50,6 +55,17 @@ _LAYER = {
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+    # Qwen3-Next: the gated shared expert and the Gated DeltaNet ("ssm") tensors
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+    "linear_attn.A_log": "ssm_a",
+    "linear_attn.dt_bias": "ssm_dt.bias",
+    "linear_attn.conv1d.weight": "ssm_conv1d.weight",
+    "linear_attn.in_proj_ba.weight": "ssm_ba.weight",
+    "linear_attn.norm.weight": "ssm_norm.weight",
+    "linear_attn.out_proj.weight": "ssm_out.weight",
 }
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _EXPERT_KEY = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
@@ -70,6 +86,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
     model_type = hf["model_type"]
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
     for key, t in state.items():
+        if model_type == "qwen3_next":
+            t = _qwen3_next_values(key, t)
         if key in _COMMON:
             yield _COMMON[key], t
             continue
@@ -82,6 +100,10 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
             experts.setdefault((i, e.group(2)), {})[int(e.group(1))] = t
         elif rest == "self_attn.kv_b_proj.weight":
             yield from _split_kv_b(i, t, hf)
+        elif rest == "linear_attn.in_proj_qkvz.weight":
+            yield from _split_qkvz(i, t, hf)
+        elif model_type == "qwen3_next" and rest == "post_attention_layernorm.weight":
+            yield f"blk.{i}.post_attention_norm.weight", t
         elif rest in _LAYER:
             if model_type == "llama" and rest == "self_attn.q_proj.weight":
                 t = _unrotate_halves(t, hf["num_attention_heads"])
@@ -101,3 +123,25 @@ def _split_kv_b(i: int, w: torch.Tensor, hf: dict) -> Iterator[tuple[str, torch.
     k_b, v_b = kv.split([nope, v], dim=1)
     yield f"blk.{i}.attn_k_b.weight", k_b.transpose(1, 2).contiguous()  # [heads, kv_lora, nope]
     yield f"blk.{i}.attn_v_b.weight", v_b.contiguous()  # [heads, v, kv_lora]
+
+
+def _qwen3_next_values(key: str, t: torch.Tensor) -> torch.Tensor:
+    """Qwen3-Next tensors whose values (not only names) differ in llama.cpp."""
+    if key.endswith("linear_attn.A_log"):
+        return -torch.exp(t)  # llama.cpp stores the decay rate A itself
+    if key.endswith("conv1d.weight"):
+        return t.squeeze(1)  # [channels, 1, kernel] -> [channels, kernel]
+    if key.endswith("norm.weight") and not key.endswith("linear_attn.norm.weight"):
+        return t + 1  # zero-centred (1 + w) norm -> plain w norm
+    return t
+
+
+def _split_qkvz(i: int, w: torch.Tensor, hf: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """in_proj_qkvz rows, grouped per key head as [q, k, v, z], -> attn_qkv [all q; all k; all v] and attn_gate z."""
+    nk, dk, dv = hf["linear_num_key_heads"], hf["linear_key_head_dim"], hf["linear_value_head_dim"]
+    v_per_k = hf["linear_num_value_heads"] // nk * dv
+    groups = w.reshape(nk, 2 * dk + 2 * v_per_k, w.shape[-1])
+    q, k, v, z = groups.split([dk, dk, v_per_k, v_per_k], dim=1)
+    flat = [x.reshape(-1, w.shape[-1]) for x in (q, k, v, z)]
+    yield f"blk.{i}.attn_qkv.weight", torch.cat(flat[:3])
+    yield f"blk.{i}.attn_gate.weight", flat[3]
