@@ -169,9 +169,9 @@ def write_gguf(folder: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     folder, out = Path(folder), Path(out)
     if dtype not in DTYPES:
         raise SystemExit(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    state, hf = _model_state(folder)
     if not (folder / "tokenizer.json").exists():
         raise SystemExit(f"{folder}: no tokenizer.json; a GGUF file carries its tokenizer")
-    state, hf = _model_state(folder)
     arch = ARCHITECTURES.get(hf["model_type"])
     if arch is None:
         raise SystemExit(f"{folder}: model_type {hf['model_type']!r} has no GGUF export yet "
