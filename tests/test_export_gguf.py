@@ -10,42 +10,18 @@ import pytest
 import torch
 import xllamacpp
 
-from sprout.config import model_preset
+from conftest import TINY_FAMILIES
+from conftest import save_tiny_family_model as make_folder
 from sprout.export.gguf_export import export_gguf, write_gguf
 from sprout.export.gguf_tensors import gguf_tensors
-from sprout.models import build_model, load_model, save_model
+from sprout.models import load_model
 from sprout.tokenizer import SPLIT_PATTERN, Tokenizer, default_tokenizer_dir
 
-# family -> (preset, overrides). llama is untied so output.weight is exercised too.
-FAMILIES = {
-    "qwen3": ("tiny", {}),
-    "llama": ("tiny", {"model_type": "llama", "tie_word_embeddings": False}),
-    "qwen3_moe": ("tiny-moe", {}),
-    "deepseek_v3": ("tiny-deepseekv3", {}),
-    "qwen3_next": ("tiny-qwen3-next", {}),
-}
+FAMILIES = list(TINY_FAMILIES)
 PROMPT = [5, 100, 200, 300, 400, 500]
 # Plain greedy decoding. The file's own sampling defaults (general.sampling.*, from generation_config.json:
 # repetition penalty 1.05) would otherwise apply, and llama.cpp would not repeat a token sprout repeats.
 GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0, "cache_prompt": False, "return_tokens": True}
-
-
-def make_folder(path, family: str, seed: int = 0):
-    """A tiny model of `family` with the built-in tokenizer. Weights are scaled up (x3) and norms randomised
-    so next-token distributions are peaked enough for greedy decoding to follow a varied path."""
-    preset, overrides = FAMILIES[family]
-    tok = Tokenizer.load(default_tokenizer_dir())
-    torch.manual_seed(seed)
-    model = build_model(model_preset(preset, vocab_size=tok.vocab_size, **overrides)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif p.ndim >= 2:
-                p.mul_(3.0)
-    save_model(model, path)
-    tok.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
