@@ -79,7 +79,8 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
     from lm_eval.utils import make_table
 
     include = write_local_tasks(out_dir / "harness_tasks")
-    manager = TaskManager(include_path=str(include))
+    # Indexing lm-eval's thousands of built-in task files takes a while; skip it when only local tasks run.
+    manager = TaskManager(include_path=str(include), include_defaults=len(local) < len(tasks))
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise SystemExit(f"unknown lm-eval task(s) {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)}; "
