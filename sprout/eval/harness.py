@@ -74,7 +74,11 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
         # Local data only: no hub look-ups for these tasks (other tasks still need their data sets).
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lm_eval
+    try:
+        import lm_eval
+    except ImportError:
+        raise SystemExit("sprout eval harness needs lm-eval: pip install 'sprout[harness]' "
+                         "(or pip install 'lm-eval>=0.4.13,<0.5')") from None
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
 
