@@ -119,6 +119,24 @@ def test_llamacpp_tokenizes_like_sprout(exported):
             assert got == tok.encode(text), text
 
 
+def test_llamacpp_renders_the_gguf_chat_template_as_sprout(exported):
+    """llama.cpp's own Jinja engine, on the template stored in the file, writes sprout's prompt."""
+    conversations = [
+        [{"role": "user", "content": "你好"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}],
+        [{"role": "user", "content": "2*3?"}, {"role": "assistant", "content": "6", "reasoning_content": "2*3=6"},
+         {"role": "user", "content": "ok"}],
+    ]
+    tok = Tokenizer.load(default_tokenizer_dir())
+    with llama_cpp(exported["qwen3"][1]) as post:
+        for messages in conversations:
+            for thinking in (False, True):
+                got = post("/apply-template", {"messages": messages,
+                                               "chat_template_kwargs": {"enable_thinking": thinking}})["prompt"]
+                assert got == tok.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=thinking)
+
+
 def test_split_regex_is_llamacpp_qwen2():
     """The exporter writes pre-tokenizer "qwen2" only because sprout's split regex is that one."""
     from sprout.export.gguf_export import QWEN2_SPLIT
