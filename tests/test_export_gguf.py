@@ -192,13 +192,15 @@ def test_transformers_gguf_loader_gives_sprout_logits(exported, family):
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0"])
-def test_smaller_dtypes_run_in_llamacpp_close_to_f32(exported, dtype, tmp_path):
-    folder, _ = exported["qwen3_moe"]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smaller_dtypes_run_in_llamacpp_close_to_f32(exported, family, dtype, tmp_path):
+    folder, _ = exported[family]
     path = write_gguf(folder, tmp_path / f"m-{dtype}.gguf", dtype)
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
     want = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
             "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
-    assert types["blk.0.attn_q.weight"] == want and types["blk.0.ffn_gate_exps.weight"] == want
+    assert types["token_embd.weight"] == want and types["blk.1.ffn_gate_exps.weight" if "blk.1.ffn_gate_exps.weight"
+                                                          in types else "blk.1.ffn_gate.weight"] == want
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     _, logprobs = sprout_greedy(load_model(folder).eval(), PROMPT, 1)
     with llama_cpp(path) as post:

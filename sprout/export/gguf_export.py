@@ -13,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
@@ -38,15 +39,17 @@ def _model_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, json.loads((folder / "config.json").read_text())
 
 
+_KEEP_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "exp_probs_b.bias", "ssm_conv1d.weight")
+
+
 def _tensor_data(name: str, t: torch.Tensor, dtype: str):
     """(numpy data, GGML type or None for plain float arrays) of one tensor in the requested dtype.
 
-    Norms, biases and routers stay F32 (they are tiny and precision-sensitive); Q8_0 needs rows that
-    are a multiple of its 32-value block, other matrices fall back to F16."""
-    import gguf
-
+    Norms, biases, routers and the DeltaNet conv kernel stay F32 (tiny, precision-sensitive; llama.cpp's
+    CPU conv needs F32); Q8_0 needs rows that are a multiple of its 32-value block, other matrices
+    fall back to F16."""
     a = t.to(torch.float32).cpu().numpy()
-    if dtype == "f32" or a.ndim == 1 or name.endswith(("ffn_gate_inp.weight", "exp_probs_b.bias")):
+    if dtype == "f32" or a.ndim == 1 or name.endswith(_KEEP_F32):
         return a, None
     if dtype == "f16" or (dtype == "q8_0" and a.shape[-1] % 32):
         return a.astype(np.float16), None
@@ -55,8 +58,6 @@ def _tensor_data(name: str, t: torch.Tensor, dtype: str):
 
 
 def _write_hparams(w, hf: dict, arch: str) -> None:
-    import gguf
-
     heads = hf["num_attention_heads"]
     w.add_context_length(hf["max_position_embeddings"])
     w.add_embedding_length(hf["hidden_size"])
@@ -113,8 +114,6 @@ def _write_hparams(w, hf: dict, arch: str) -> None:
 
 def _write_tokenizer(w, folder: Path, vocab_size: int) -> None:
     """Byte-level BPE vocabulary, merges, token kinds, special ids and the chat template."""
-    import gguf
-
     tok_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     split = tok_json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
     if split != QWEN2_SPLIT:
@@ -164,8 +163,6 @@ def _write_sampling(w, folder: Path) -> None:
 
 def write_gguf(folder: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     """Write the model folder `folder` (config.json + safetensors + tokenizer) as one GGUF file."""
-    import gguf
-
     folder, out = Path(folder), Path(out)
     if dtype not in DTYPES:
         raise SystemExit(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
