@@ -188,6 +188,9 @@ TINY_FAMILIES = {
     "qwen3": ("tiny", {}),
     "llama": ("tiny", {"model_type": "llama", "tie_word_embeddings": False}),
     "qwen3_moe": ("tiny-moe", {}),
+    # llama.cpp's qwen2moe mixes experts with un-renormalised weights (transformers' Qwen2-MoE default)
+    "qwen2_moe": ("tiny-moe", {"model_type": "qwen2_moe", "shared_expert_intermediate_size": 32,
+                               "norm_topk_prob": False}),
     "deepseek_v3": ("tiny-deepseekv3", {}),
     "qwen3_next": ("tiny-qwen3-next", {}),
 }

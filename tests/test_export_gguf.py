@@ -98,7 +98,7 @@ def test_llamacpp_greedy_tokens_and_logprobs_match_sprout(exported, family):
         r = post("/completion", {"prompt": PROMPT, "n_predict": 10, **GREEDY})
         tops = [llamacpp_logprobs(post, PROMPT + expected[:i]) for i in range(len(expected))]
     assert r["tokens"] == expected
-    assert len(set(expected)) > 1 or family in ("qwen3", "qwen3_moe")  # tied dense heads echo one token
+    assert len(set(expected)) > 1 or family in ("qwen3", "qwen3_moe", "qwen2_moe")  # tied heads echo one token
     assert_logprobs_match(tops, logprobs)
 
 
@@ -149,8 +149,8 @@ def test_gguf_reader_reads_back_tensors_tokenizer_and_template(exported, family)
     folder, path = exported[family]
     reader = gguf.GGUFReader(path)
     field = lambda key: reader.fields[key].contents()  # noqa: E731
-    arch = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
-            "qwen3_next": "qwen3next"}[family]
+    arch = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
+            "deepseek_v3": "deepseek2", "qwen3_next": "qwen3next"}[family]
     assert field("general.architecture") == arch
     assert field("tokenizer.ggml.pre") == "qwen2"
     tok_json = json.loads((folder / "tokenizer.json").read_text())
@@ -242,3 +242,8 @@ def test_cli_export_gguf_and_bad_input(tmp_path, capsys):
     assert gguf.GGUFReader(tmp_path / "m.gguf").fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     with pytest.raises(SystemExit, match="config.json is missing"):
         main(["export", "gguf", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.gguf")])
+    moe = make_folder(tmp_path / "moe", "qwen2_moe")  # renormalised routing: llama.cpp would compute another model
+    cfg = json.loads((moe / "config.json").read_text())
+    (moe / "config.json").write_text(json.dumps({**cfg, "norm_topk_prob": True}))
+    with pytest.raises(SystemExit, match="norm_topk_prob"):
+        main(["export", "gguf", "--model", str(moe), "--out", str(tmp_path / "x.gguf")])

@@ -97,12 +97,13 @@ def _write_hparams(w, hf: dict, arch: str) -> None:
     w.add_value_length(head_dim)
     if arch != "qwen3next":
         w.add_rope_dimension_count(head_dim)
-    if arch in ("qwen3moe", "qwen3next"):
+    if arch in ("qwen3moe", "qwen2moe", "qwen3next"):
         w.add_expert_count(hf["num_experts"])
         w.add_expert_used_count(hf["num_experts_per_tok"])
         w.add_expert_feed_forward_length(hf["moe_intermediate_size"])
-    if arch == "qwen3next":
+    if arch in ("qwen2moe", "qwen3next"):
         w.add_expert_shared_feed_forward_length(hf["shared_expert_intermediate_size"])
+    if arch == "qwen3next":
         w.add_rope_dimension_count(int(head_dim * hf["partial_rotary_factor"]))  # partial RoPE
         w.add_full_attention_interval(hf["full_attention_interval"])
         w.add_ssm_conv_kernel(hf["linear_conv_kernel_dim"])
@@ -173,6 +174,12 @@ def write_gguf(folder: str | Path, out: str | Path, dtype: str = "f16") -> Path:
     if arch is None:
         raise SystemExit(f"{folder}: model_type {hf['model_type']!r} has no GGUF export yet "
                          f"(supported: {', '.join(ARCHITECTURES)}); see docs/export.md")
+    if arch == "qwen2moe" and hf.get("norm_topk_prob"):
+        # llama.cpp's qwen2moe mixes the chosen experts with their raw softmax weights (as transformers'
+        # Qwen2-MoE does by default); it has no switch for renormalised ones.
+        raise SystemExit(f"{folder}/config.json: norm_topk_prob is true, but llama.cpp's qwen2moe never renormalises "
+                         "the top-k routing weights, so it would compute a different model; export qwen2_moe "
+                         "models trained with norm_topk_prob=false, or use the qwen3_moe layout")
     out.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(out), arch)
     w.add_name(folder.resolve().name)

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import torch
 
 # model_type -> llama.cpp architecture name (general.architecture)
-ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
-                 "qwen3_next": "qwen3next"}
+ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
+                 "deepseek_v3": "deepseek2", "qwen3_next": "qwen3next"}
 
 _COMMON = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -67,6 +67,8 @@ _LAYER = {
     "linear_attn.norm.weight": "ssm_norm.weight",
     "linear_attn.out_proj.weight": "ssm_out.weight",
 }
+# Architectures whose llama.cpp loader requires output.weight even when the head is tied to the embedding.
+_OUTPUT_REQUIRED = ("qwen2_moe",)
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _EXPERT_KEY = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
 
@@ -114,6 +116,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
             raise ValueError(f"tensor {key!r} has no GGUF name for {model_type}")
     for (i, proj), by_id in sorted(experts.items()):
         yield f"blk.{i}.ffn_{proj}_exps.weight", torch.stack([by_id[k] for k in sorted(by_id)])
+    if model_type in _OUTPUT_REQUIRED and "lm_head.weight" not in state:  # tied head, written out
+        yield "output.weight", state["model.embed_tokens.weight"]
 
 
 def _split_kv_b(i: int, w: torch.Tensor, hf: dict) -> Iterator[tuple[str, torch.Tensor]]:
