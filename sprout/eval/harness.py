@@ -69,9 +69,9 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"{model_dir} is not a model folder: config.json is missing")
     out_dir = Path(out or model_dir / "eval")
-    local = [t for t in tasks if t in LOCAL_TASKS]
-    if local:
-        # Local data only: no hub look-ups for these tasks (other tasks still need their data sets).
+    only_local = all(t in LOCAL_TASKS for t in tasks)
+    if only_local:
+        # Local data only: nothing to look up on the hub (lm-eval's own tasks download their data sets).
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -84,7 +84,7 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
 
     include = write_local_tasks(out_dir / "harness_tasks")
     # Indexing lm-eval's thousands of built-in task files takes a while; skip it when only local tasks run.
-    manager = TaskManager(include_path=str(include), include_defaults=len(local) < len(tasks))
+    manager = TaskManager(include_path=str(include), include_defaults=not only_local)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise SystemExit(f"unknown lm-eval task(s) {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)}; "
