@@ -90,9 +90,13 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
         raise SystemExit(f"unknown lm-eval task(s) {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)}; "
                          "lm-eval's own tasks: `lm-eval ls tasks`")
     dtype = "float32" if device == "cpu" else "bfloat16"
-    res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype},
-                                  tasks=tasks, task_manager=manager, limit=limit, batch_size=batch_size,
-                                  device=device, num_fewshot=num_fewshot, log_samples=False)
+    try:
+        res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype},
+                                      tasks=tasks, task_manager=manager, limit=limit, batch_size=batch_size,
+                                      device=device, num_fewshot=num_fewshot, log_samples=False)
+    except ConnectionError as e:  # lm-eval's own tasks fetch their data sets from the Hugging Face hub
+        raise SystemExit(f"sprout eval harness: {e}; lm-eval's tasks download their data sets, so this needs "
+                         f"network (or a filled HF_DATASETS_CACHE); offline, use {', '.join(LOCAL_TASKS)}") from None
     scores = {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and "," in k}
               for task, metrics in res["results"].items()}
     out_dir.mkdir(parents=True, exist_ok=True)
