@@ -172,13 +172,14 @@ def test_gguf_reader_reads_back_tensors_tokenizer_and_template(exported, family)
         np.testing.assert_array_equal(got[name].reshape(t.shape), t.numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["qwen3", "llama", "qwen3_moe", "qwen2_moe"])
 def test_transformers_gguf_loader_gives_sprout_logits(exported, family):
-    """transformers reads qwen3 / llama / qwen3moe GGUF weights (undoing llama's Q/K permutation itself).
+    """transformers reads qwen3 / llama / qwen3moe / qwen2moe GGUF weights (undoing llama's Q/K permutation).
 
-    Its GGUF config reader (transformers 5.x) drops two keys we write: attention.key_length for qwen3
-    (it assumes head_dim 128) and expert_feed_forward_length for qwen3moe (it assumes 768), so for those
-    two the folder's config.json is passed; the weights still come from the GGUF file alone."""
+    Its GGUF config reader (transformers 5.x) drops keys we write: attention.key_length for qwen3 (it
+    assumes head_dim 128), expert_feed_forward_length for qwen3moe and qwen2moe (it assumes 768), and it
+    assumes qwen2moe has q/k/v biases; so for those the folder's config.json is passed. The weights
+    still come from the GGUF file alone."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, path = exported[family]

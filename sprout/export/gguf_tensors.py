@@ -111,6 +111,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
                 t = _unrotate_halves(t, hf["num_attention_heads"])
             elif model_type == "llama" and rest == "self_attn.k_proj.weight":
                 t = _unrotate_halves(t, hf["num_key_value_heads"])
+            elif rest == "mlp.shared_expert_gate.weight":
+                t = t.reshape(-1)  # [1, hidden] -> the vector [hidden] llama.cpp (and transformers' reader) expect
             yield f"blk.{i}.{_LAYER[rest]}", t
         else:
             raise ValueError(f"tensor {key!r} has no GGUF name for {model_type}")
