@@ -95,7 +95,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
             continue
         m = _LAYER_KEY.fullmatch(key)
         if not m:
-            raise ValueError(f"tensor {key!r} has no GGUF name")
+            raise SystemExit(f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
+                             "this model cannot be exported as it is")
         i, rest = int(m.group(1)), m.group(2)
         e = _EXPERT_KEY.fullmatch(rest)
         if e:
@@ -114,8 +115,9 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
             elif rest == "mlp.shared_expert_gate.weight":
                 t = t.reshape(-1)  # [1, hidden] -> the vector [hidden] llama.cpp (and transformers' reader) expect
             yield f"blk.{i}.{_LAYER[rest]}", t
-        else:
-            raise ValueError(f"tensor {key!r} has no GGUF name for {model_type}")
+        else:  # e.g. attention biases, which llama.cpp's qwen3 would silently ignore
+            raise SystemExit(f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
+                             "this model cannot be exported as it is")
     for (i, proj), by_id in sorted(experts.items()):
         yield f"blk.{i}.ffn_{proj}_exps.weight", torch.stack([by_id[k] for k in sorted(by_id)])
     if model_type in _OUTPUT_REQUIRED and "lm_head.weight" not in state:  # tied head, written out
