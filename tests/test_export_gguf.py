@@ -103,7 +103,8 @@ def test_llamacpp_greedy_tokens_and_logprobs_match_sprout(exported, family):
 
 
 def test_llamacpp_tokenizes_like_sprout(exported):
-    """llama.cpp's "qwen2" pre-tokenizer + our vocabulary and merges give sprout's ids on mixed text."""
+    """llama.cpp's "qwen2" pre-tokenizer + our vocabulary and merges give sprout's ids on mixed text, and
+    llama.cpp decodes them back to the text."""
     texts = [
         "你好，世界！Hello, world. 1234567 + 89 = 1234656",
         "  leading spaces\tand\ttabs\n\n\nthree newlines\r\nCRLF   trailing   ",
@@ -117,6 +118,7 @@ def test_llamacpp_tokenizes_like_sprout(exported):
         for text in texts:
             got = post("/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"]
             assert got == tok.encode(text), text
+            assert post("/detokenize", {"tokens": got})["content"] == text
 
 
 def test_llamacpp_renders_the_gguf_chat_template_as_sprout(exported):
