@@ -1,6 +1,6 @@
 """Command-line pieces of the post-training stages, for sprout/cli.py to mount:
 
-    sprout export merge-lora --model BASE --lora ADAPTER --out DIR
+    sprout export merge-lora --model BASE --lora ADAPTER --out DIR   (gguf / ollama: sprout/export/cli.py)
     sprout distill generate --teacher DIR --prompts FILE|builtin:NAME --out FILE
     sprout chat ... --lora ADAPTER --tools [calculator,unit_convert,date_calc]
 """
@@ -30,7 +30,11 @@ def cmd_distill_generate(a: argparse.Namespace) -> None:
 
 def add_post_training_commands(sub: argparse._SubParsersAction) -> None:
     """Add `export merge-lora` and `distill generate` to sprout's top-level subparsers."""
-    ex = sub.add_parser("export", help="export models: merge a LoRA adapter").add_subparsers(dest="action", required=True)
+    from .export.cli import add_export_commands
+
+    ex = sub.add_parser("export", help="export models: merge a LoRA adapter, GGUF (llama.cpp), Ollama").add_subparsers(
+        dest="action", required=True)
+    add_export_commands(ex)
     p = ex.add_parser("merge-lora", help="fold a LoRA adapter into its base model (a standalone HF folder)")
     p.add_argument("--model", required=True, help="base model folder the adapter was trained on")
     p.add_argument("--lora", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")

@@ -181,3 +181,38 @@ def save_tiny_chat_model(path):
     save_model(model, path)
     tok.save(path)
     return model, tok
+
+
+# family -> (preset, overrides) for export tests; llama is untied so a separate output head is exercised too.
+TINY_FAMILIES = {
+    "qwen3": ("tiny", {}),
+    "llama": ("tiny", {"model_type": "llama", "tie_word_embeddings": False}),
+    "qwen3_moe": ("tiny-moe", {}),
+    # llama.cpp's qwen2moe mixes experts with un-renormalised weights (transformers' Qwen2-MoE default)
+    "qwen2_moe": ("tiny-moe", {"model_type": "qwen2_moe", "shared_expert_intermediate_size": 32,
+                               "norm_topk_prob": False}),
+    "deepseek_v3": ("tiny-deepseekv3", {}),
+    "qwen3_next": ("tiny-qwen3-next", {}),
+}
+
+
+def save_tiny_family_model(path, family: str, seed: int = 0):
+    """A tiny model of `family` with the built-in tokenizer, saved to `path` (returned). Weights are scaled
+    up (x3) and norms randomised so next-token distributions are peaked enough for greedy decoding in
+    another engine to follow a varied path that small numeric differences cannot flip."""
+    from sprout.models import save_model
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    preset, overrides = TINY_FAMILIES[family]
+    tok = Tokenizer.load(default_tokenizer_dir())
+    torch.manual_seed(seed)
+    model = build_model(model_preset(preset, vocab_size=tok.vocab_size, **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif p.ndim >= 2:
+                p.mul_(3.0)
+    save_model(model, path)
+    tok.save(path)
+    return path

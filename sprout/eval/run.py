@@ -160,7 +160,7 @@ def _context_table(a: argparse.Namespace) -> None:
 # ---- command line (wired into sprout/cli.py) ---------------------------------------------------
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="model folder (required)")
     p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
     p.add_argument("--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / "
                                    "bits per byte")
@@ -180,6 +180,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    if not a.model:
+        raise SystemExit("sprout eval: --model DIR is required")
     if a.context_table:
         _context_table(a)
         return
@@ -192,4 +194,8 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
                                            "samples")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    # `sprout eval harness ...` (lm-evaluation-harness); plain `sprout eval --model DIR` stays as it is.
+    from .harness import add_harness_command
+
+    add_harness_command(p.add_subparsers(dest="eval_action", metavar="harness"))
     return p
