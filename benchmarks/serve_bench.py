@@ -78,7 +78,7 @@ def main() -> None:
     a = ap.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sprout.infer.server", "--model", a.model, "--port", str(port),
+    cmd = [sys.executable, "-m", "sprout.cli", "serve", "--model", a.model, "--port", str(port),
            "--max-concurrent", str(max(64, a.clients * 2)), "--max-batch", str(max(32, a.clients))]
     if a.threads:
         cmd += ["--threads", str(a.threads)]

@@ -53,17 +53,3 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['seq_len']} × {r['batch_size']} "
               f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} |")
-
-
-def add_bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (training throughput; serving: benchmarks/serve_bench.py)")
-    bs = p.add_subparsers(dest="what", required=True)
-    t = bs.add_parser("train", help="training tokens/s of a preset at each precision")
-    t.add_argument("--preset", default="cpu")
-    t.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, auto, fast")
-    t.add_argument("--seq-len", type=int, default=256)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--steps", type=int, default=5)
-    t.add_argument("--device", default="auto")
-    t.set_defaults(func=lambda a: print_table(bench_train(a.preset, a.dtypes.split(","), a.seq_len, a.batch_size,
-                                                             a.steps, a.device)))

@@ -1,19 +1,43 @@
-"""The `sprout` command: parse arguments, then call one function per verb.
+"""The `sprout` command: one table of verbs, each a help line, an argument builder and a command.
 
-Verbs import their implementation when they run; feature modules only register their arguments here.
+    VERBS = {"tokenizer train": Verb("train a BPE tokenizer ...", _tokenizer_train_args, cmd_tokenizer_train), ...}
+
+A key with a space is a sub-verb (`sprout tokenizer train`); GROUPS holds the help line of a word that only
+groups sub-verbs (`tokenizer`). A verb may also have sub-verbs (`sprout eval --model DIR` and
+`sprout eval skills ...`), as long as it takes no positional arguments itself.
+
+Adding a verb is one entry in VERBS:
+  1. `_x_args(p)` adds its flags with argparse only;
+  2. `cmd_x(a)` imports its implementation *inside the function* and runs it;
+  3. `"group x": Verb("one-line help", _x_args, cmd_x)` (a new group word also gets a line in GROUPS).
+This module imports nothing but the standard library at module level, so `sprout --help` and argument
+errors answer at once without torch, numpy, matplotlib or transformers (tests/test_cli_light.py checks).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+@dataclass(frozen=True)
+class Verb:
+    help: str
+    args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+    epilog: Callable[[], str] | None = None  # text after the flags in `sprout VERB --help` (built on demand)
+
+
+# ---- shared flags ---------------------------------------------------------------------------------------
+def _train_args(p: argparse.ArgumentParser) -> None:
     """The flags every training stage shares, spelled the same everywhere."""
+    from .train.stages import STAGES
+
+    p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help="training stage (listed below)")
     p.add_argument("--recipe", help="built-in recipe name or YAML file (see sprout/recipes/)")
     p.add_argument("--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)")
-    p.add_argument("--data-dir", help="your data in MiniMind's layout: --data becomes the stage's file (docs/data.md)")
     p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
     p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3, "
                    "cpu-moe, minimind2-moe, minimind3-moe, mini-deepseekv3, mini-qwen3-next, ...")
@@ -28,64 +52,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     # KEY=VALUE overrides may appear anywhere after the stage; main() collects them (see below).
 
 
-def cmd_train(a: argparse.Namespace) -> None:
-    from .config import build_train_config
-    from .train.engine import train
+def _train_epilog() -> str:
+    from .train.stages import stages_help
 
-    if a.data_dir and not a.data:
-        from .data.data_dir import require, stage_files
-
-        a.data = str(require(stage_files(a.data_dir), a.data_dir, (a.stage,))[a.stage])
-    flags = {"data": a.data, "model": a.model, "preset": a.preset, "tokenizer": a.tokenizer, "out": a.out,
-             "max_steps": a.max_steps, "max_tokens": a.max_tokens, "max_minutes": a.max_minutes, "epochs": a.epochs,
-             "resume": a.resume, "skip_invalid": a.skip_invalid}
-    cfg = build_train_config(a.recipe, a.stage, flags, a.overrides)
-    train(cfg)
+    return ("stages:\n" + stages_help() + "\n\nAny TrainConfig field can be set as KEY=VALUE, "
+            "e.g. lr=3e-4 model_overrides.hidden_size=384")
 
 
-def cmd_tokenizer_train(a: argparse.Namespace) -> None:
-    from .tokenizer import build_default_tokenizer, train_tokenizer_from_files
-
-    if a.data:
-        tok = train_tokenizer_from_files(a.data, a.vocab_size, a.out)
-    else:
-        tok = build_default_tokenizer(a.out, vocab_size=a.vocab_size)
-    print(f"tokenizer with {tok.vocab_size} tokens written to {a.out}")
-
-
-def cmd_data_download(a: argparse.Namespace) -> None:
-    from .data.builtin import download_minimind
-
-    download_minimind(a.out, a.files)
-
-
-def cmd_data_validate(a: argparse.Namespace) -> None:
-    from .data.readers import ReadStats, read_records
-
-    stats = ReadStats()
-    n = sum(1 for _ in read_records(a.path, a.kind, skip_invalid=a.skip_invalid, stats=stats))
-    print(f"{a.path}: {n} valid {a.kind} records" + (f", {stats.skipped} invalid skipped" if stats.skipped else ""))
-    for msg in stats.errors:
-        print("  " + msg)
-
-
-def cmd_chat(a: argparse.Namespace) -> None:
-    from .infer.chat import ChatSession, load_chat_model, run_chat
-    from .post_cli import chat_tools
-
-    model, tok = load_chat_model(a.model, a.lora, a.device, a.rope_scaling)
-    run_chat(ChatSession(model, tok, _sampling(a), system=a.system, thinking=a.think, tools=chat_tools(a.tools)))
-
-
-def _sampling(a: argparse.Namespace):
-    from .infer.generate import SamplingConfig
-
-    return SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                          top_p=a.top_p, repetition_penalty=a.repetition_penalty,
-                          frequency_penalty=a.frequency_penalty, seed=a.seed)
-
-
-def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--top-k", type=int, default=0)
@@ -98,79 +72,342 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                                           "KIND in linear, ntk, yarn (e.g. yarn:4:512)")
 
 
+def _sampling(a: argparse.Namespace) -> Any:
+    from .infer.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                          top_p=a.top_p, repetition_penalty=a.repetition_penalty,
+                          frequency_penalty=a.frequency_penalty, seed=a.seed)
+
+
+def chat_tools(value: str | None) -> list[dict] | None:
+    """The --tools value -> tool specs for ChatSession(tools=...)."""
+    if not value:
+        return None
+    from .tools import TOOLS, tool_specs
+
+    names = list(TOOLS) if value == "all" else [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise SystemExit(f"unknown tool(s) {', '.join(unknown)}; available: {', '.join(TOOLS)}")
+    return tool_specs(names)
+
+
+# ---- speedrun, train ------------------------------------------------------------------------------------
+def _speedrun_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/speedrun")
+    p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
+    p.add_argument("--data-dir", help="folder with MiniMind's pretrain_hq.jsonl and sft_mini_512.jsonl (GPU recipes)")
+    p.add_argument("--minutes", type=float, help="total training minutes (default from the recipe)")
+
+
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from .speedrun import speedrun
 
-    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes, tokenizer=a.tokenizer,
-             max_steps=a.max_steps, eval_questions=a.eval_questions)
+    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # Each feature module contributes its own subcommand (their imports are light: argparse only).
-    from .bench import add_bench_command
-    from .eval.report import add_report_command
-    from .eval.run import add_eval_command
-    from .infer.server import add_serve_command
-    from .models.minimind import add_import_command
-    from .post_cli import add_chat_flags, add_post_training_commands
+def cmd_train(a: argparse.Namespace) -> None:
+    from .config import build_train_config
+    from .train.engine import train
 
-    parser = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    flags = {"data": a.data, "model": a.model, "preset": a.preset, "tokenizer": a.tokenizer, "out": a.out,
+             "max_steps": a.max_steps, "max_tokens": a.max_tokens, "max_minutes": a.max_minutes, "epochs": a.epochs,
+             "resume": a.resume, "skip_invalid": a.skip_invalid}
+    train(build_train_config(a.recipe, a.stage, flags, a.overrides))
 
-    p = sub.add_parser("speedrun", help="tokenizer -> pretrain -> SFT -> eval -> report, on built-in data")
-    p.add_argument("--out", default="runs/speedrun")
-    p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
-    p.add_argument("--data-dir", help="your data in MiniMind's layout: pretrain_hq.jsonl, sft_*.jsonl, ... "
-                   "(see docs/data.md); the tokenizer is trained on its pretraining text")
-    p.add_argument("--tokenizer", help="use this tokenizer folder as it is (e.g. MiniMind's) instead of training one")
-    p.add_argument("--minutes", type=float, help="total training minutes (default from the recipe)")
-    p.add_argument("--max-steps", type=int, help="step limit for each training stage (a quick trial run)")
-    p.add_argument("--eval-questions", type=int, help="questions per answer-selection task (default from the recipe)")
-    p.set_defaults(func=cmd_speedrun)
 
-    p = sub.add_parser("train", help="train one stage (pretrain, sft, ...)",
-                       epilog="Any TrainConfig field can be set as KEY=VALUE, e.g. lr=3e-4 model_overrides.hidden_size=384")
-    p.add_argument("stage", help="pretrain, sft, lora, dpo, distill, reasoning or tools")
-    _add_train_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    tk = sub.add_parser("tokenizer", help="train a BPE tokenizer").add_subparsers(dest="action", required=True)
-    p = tk.add_parser("train", help="train byte-level BPE on jsonl text (default: the built-in corpus)")
+# ---- tokenizer, data ------------------------------------------------------------------------------------
+def _tokenizer_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="*", help="jsonl files with `text` or `conversations`")
     p.add_argument("--vocab-size", type=int, default=6400)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_tokenizer_train)
 
-    dt = sub.add_parser("data", help="datasets: download, validate").add_subparsers(dest="action", required=True)
-    p = dt.add_parser("download", help="fetch a public dataset (needs network)")
+
+def cmd_tokenizer_train(a: argparse.Namespace) -> None:
+    from .tokenizer import build_default_tokenizer, train_tokenizer_from_files
+
+    if a.data:
+        tok = train_tokenizer_from_files(a.data, a.vocab_size, a.out)
+    else:
+        tok = build_default_tokenizer(a.out, vocab_size=a.vocab_size)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {a.out}")
+
+
+def _data_download_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["minimind"])
     p.add_argument("--out", default="data/minimind")
     p.add_argument("--files", nargs="*", default=["pretrain_hq.jsonl", "sft_mini_512.jsonl"])
-    p.set_defaults(func=cmd_data_download)
-    p = dt.add_parser("validate", help="check a data file and report malformed records as FILE:LINE")
+
+
+def cmd_data_download(a: argparse.Namespace) -> None:
+    from .data.builtin import download_minimind
+
+    download_minimind(a.out, a.files)
+
+
+def _data_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
     p.add_argument("--kind", default="sft", choices=["pretrain", "sft", "dpo", "rlaif", "agent_rl"])
     p.add_argument("--skip-invalid", action="store_true")
-    p.set_defaults(func=cmd_data_validate)
 
-    p = sub.add_parser("chat", help="chat with a model in the terminal")
+
+def cmd_data_validate(a: argparse.Namespace) -> None:
+    from .data.readers import ReadStats, read_records
+
+    stats = ReadStats()
+    n = sum(1 for _ in read_records(a.path, a.kind, skip_invalid=a.skip_invalid, stats=stats))
+    print(f"{a.path}: {n} valid {a.kind} records" + (f", {stats.skipped} invalid skipped" if stats.skipped else ""))
+    for msg in stats.errors:
+        print("  " + msg)
+
+
+# ---- chat, serve --------------------------------------------------------------------------------------------
+def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
+    p.add_argument("--lora", help="LoRA adapter folder applied unmerged on top of --model")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False, help="let the model think first")
+    p.add_argument("--tools", nargs="?", const="all", default=None,
+                   help="let the model call tools (comma-separated names; default all: calculator,unit_convert,date_calc)")
     p.add_argument("--device", default="auto")
-    _add_sampling_flags(p)
-    add_chat_flags(p)
-    p.set_defaults(func=cmd_chat)
+    _sampling_args(p)
 
 
-    add_serve_command(sub)
-    add_eval_command(sub)
-    add_report_command(sub)
-    add_bench_command(sub)
-    add_post_training_commands(sub)
-    add_import_command(sub)
+def cmd_chat(a: argparse.Namespace) -> None:
+    from .infer.chat import ChatSession, load_chat_model, run_chat
 
-    return parser
+    model, tok = load_chat_model(a.model, a.lora, a.device, a.rope_scaling)
+    run_chat(ChatSession(model, tok, _sampling(a), system=a.system, thinking=a.think, tools=chat_tools(a.tools)))
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                   help="model folder to serve; repeat to serve several (the first is the default)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR[@BASE]",
+                   help="LoRA adapter served as model NAME on top of BASE (default: the first --model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together per model")
+    p.add_argument("--max-concurrent", type=int, default=64, help="requests in flight before 429")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from .infer.server import cmd_serve as serve
+
+    serve(a)
+
+
+# ---- eval, report, bench ----------------------------------------------------------------------------------
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from .eval.tasks import BUILTIN_TASKS, DEFAULT_TASKS
+
+    p.add_argument("--model", help="model folder (required unless a sub-verb is given)")
+    p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
+    p.add_argument("--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / "
+                                   "bits per byte")
+    p.add_argument("--tasks", nargs="*", default=DEFAULT_TASKS,
+                   help=f"built-in tasks: {', '.join(BUILTIN_TASKS)}, samples (pass none: --tasks)")
+    p.add_argument("--mc", nargs="*", default=[], metavar="FILE",
+                   help="C-Eval/CMMLU/MMLU-style csv or jsonl files (question, A, B, C, D, answer)")
+    p.add_argument("--mc-dev", metavar="FILE", help="few-shot examples for --mc (default: the same file minus the item)")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples per --mc question")
+    p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
+    p.add_argument("--seed", type=int, default=0, help="seed for built-in task negatives and few-shot draws")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--context-table", type=int, metavar="TRAIN_LEN",
+                   help="with --data: perplexity at 1x/2x/4x TRAIN_LEN with no RoPE scaling, linear, NTK and YaRN")
+    p.add_argument("--rope-scaling", help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the "
+                                          "training length, e.g. yarn:4:512")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    if not a.model:
+        a.parser.error("--model is required")
+    if a.context_table and not a.data:
+        a.parser.error("--context-table needs --data FILE (held-out text)")
+    from .eval.run import run_eval, write_context_table
+
+    if a.context_table:
+        write_context_table(a.model, a.data, a.context_table, a.out, a.device)
+        return
+    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device, mc=a.mc,
+             mc_dev=a.mc_dev, shots=a.shots, seed=a.seed, rope_scaling=a.rope_scaling)
+
+
+def _eval_skills_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("check", choices=["reasoning", "tools", "identity"],
+                   help="reasoning: well-formed <think> blocks with thinking on, none with it off; tools: right tool, "
+                        "arguments and answer on held-out questions; identity: 'who are you' answers")
+    p.add_argument("model", help="model folder (for identity: the base model)")
+    p.add_argument("--lora", help="adapter folder on top of MODEL (identity: answers with and without it)")
+    p.add_argument("-n", type=int, default=50, help="questions")
+    p.add_argument("--offer", choices=["needed", "all", "none"], default="needed",
+                   help="tools check: list only the needed tool, all three, or none")
+    p.add_argument("--kind", choices=["calc", "unit", "date"], default="calc", help="tools check: which tool's questions")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def cmd_eval_skills(a: argparse.Namespace) -> None:
+    import json
+
+    from .eval.skills import run_check
+
+    print(json.dumps(run_check(a.check, a.model, a.lora, a.n, a.offer, a.kind, a.device, a.threads),
+                     ensure_ascii=False, indent=1))
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a training output folder (metrics.jsonl) or a speedrun folder")
+    p.add_argument("--out", help="where to write report.html / report.md (default: RUN_DIR)")
+    p.add_argument("--reference-recipe", help="compare with this built-in recipe's reference curves "
+                                               "(default: the one matching the run's preset and seq_len)")
+    p.add_argument("--no-reference", action="store_true", help="draw no reference curves")
+    p.add_argument("--make-reference", metavar="NAME",
+                   help="instead of a report, save RUN_DIR's loss curves as reference NAME "
+                        "(sprout/eval/reference/NAME.json, or --out FILE.json)")
+    p.add_argument("--note", default="", help="with --make-reference: where the run came from")
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from .eval.report import build_report, make_reference
+
+    if a.make_reference:
+        print(make_reference(a.run_dir, a.make_reference, out=a.out, note=a.note))
+        return
+    html_path, md_path = build_report(a.run_dir, a.out, recipe=a.reference_recipe, reference=not a.no_reference)
+    print(f"report: {html_path}\n        {md_path}")
+
+
+def _bench_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, auto, fast")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device", default="auto")
+
+
+def cmd_bench_train(a: argparse.Namespace) -> None:
+    from .bench import bench_train, print_table
+
+    print_table(bench_train(a.preset, a.dtypes.split(","), a.seq_len, a.batch_size, a.steps, a.device))
+
+
+# ---- export, distill ----------------------------------------------------------------------------------------
+def _merge_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base model folder the adapter was trained on")
+    p.add_argument("--lora", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--out", required=True)
+
+
+def cmd_merge_lora(a: argparse.Namespace) -> None:
+    from .export.merge_lora import merge_lora_folder
+
+    out = merge_lora_folder(a.model, a.lora, a.out)
+    print(f"merged {a.lora} into {a.model}: {out}")
+
+
+def _distill_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--lora", help="optional adapter on the teacher")
+    p.add_argument("--prompts", required=True, help="jsonl of SFT records / {'prompt': ...}, or builtin:NAME")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--think", action="store_true", help="let the teacher think (kept as reasoning_content)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def cmd_distill_generate(a: argparse.Namespace) -> None:
+    from .infer.chat import load_chat_model
+    from .infer.generate import SamplingConfig
+    from .infer.teacher_answers import generate_sft, load_prompts
+
+    model, tok = load_chat_model(a.teacher, a.lora, a.device)
+    prompts = load_prompts(a.prompts, a.limit)
+    sampling = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                              repetition_penalty=a.repetition_penalty, seed=a.seed)
+    generate_sft(model, tok, prompts, a.out, sampling, batch_size=a.batch_size, enable_thinking=a.think)
+
+
+# ---- the table ------------------------------------------------------------------------------------------------
+GROUPS: dict[str, str] = {
+    "tokenizer": "train a BPE tokenizer",
+    "data": "datasets: download, validate",
+    "bench": "benchmarks (training throughput; serving: benchmarks/serve_bench.py)",
+    "export": "export models: merge a LoRA adapter",
+    "distill": "black-box distillation data: a teacher answers prompts (white-box KD is `sprout train distill`)",
+}
+
+VERBS: dict[str, Verb] = {
+    "speedrun": Verb("tokenizer -> pretrain -> SFT -> eval -> report, on built-in data", _speedrun_args, cmd_speedrun),
+    "train": Verb("train one stage (pretrain, sft, lora, dpo, distill, reasoning, tools)", _train_args, cmd_train,
+                  epilog=_train_epilog),
+    "tokenizer train": Verb("train byte-level BPE on jsonl text (default: the built-in corpus)",
+                            _tokenizer_train_args, cmd_tokenizer_train),
+    "data download": Verb("fetch a public dataset (needs network)", _data_download_args, cmd_data_download),
+    "data validate": Verb("check a data file and report malformed records as FILE:LINE", _data_validate_args,
+                          cmd_data_validate),
+    "chat": Verb("chat with a model in the terminal", _chat_args, cmd_chat),
+    "serve": Verb("OpenAI-compatible HTTP server + web chat page", _serve_args, cmd_serve),
+    "eval": Verb("perplexity / bits per byte, multiple-choice benchmarks, built-in tasks, samples", _eval_args,
+                 cmd_eval),
+    "eval skills": Verb("checks of the post-training stages: reasoning, tools, identity", _eval_skills_args,
+                        cmd_eval_skills),
+    "report": Verb("HTML + markdown report with plots of a run (stage or speedrun folder)", _report_args, cmd_report),
+    "bench train": Verb("training tokens/s of a preset at each precision", _bench_train_args, cmd_bench_train),
+    "export merge-lora": Verb("fold a LoRA adapter into its base model (a standalone HF folder)", _merge_lora_args,
+                              cmd_merge_lora),
+    "distill generate": Verb("a teacher answers prompts; writes an SFT jsonl for `sprout train sft`",
+                             _distill_generate_args, cmd_distill_generate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse parsers for every entry of VERBS (and GROUPS), nested by the words of each key."""
+    root = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
+    parsers: dict[str, argparse.ArgumentParser] = {"": root}
+    subs: dict[str, Any] = {}  # key -> its sub-verbs action
+
+    def sub_action(key: str) -> Any:
+        if key not in subs:
+            required = key not in VERBS  # a pure group needs a sub-verb; a verb with sub-verbs does not
+            subs[key] = parsers[key].add_subparsers(dest=f"verb_{key.count(' ') + 1 if key else 0}",
+                                                     required=required, metavar="VERB" if required and key else None)
+        return subs[key]
+
+    def parser_for(key: str) -> argparse.ArgumentParser:
+        if key not in parsers:
+            parent, _, word = key.rpartition(" ")
+            parser_for(parent)
+            v = VERBS.get(key)
+            help_ = v.help if v else GROUPS[key]
+            p = sub_action(parent).add_parser(word, help=help_, description=help_,
+                                              epilog=v.epilog() if v and v.epilog else None,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+            parsers[key] = p
+            if v is not None:
+                v.args(p)
+                p.set_defaults(run=v.run, parser=p)
+        return parsers[key]
+
+    for key in VERBS:
+        parser_for(key)
+    return root
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,10 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     overrides = [x for x in extra if "=" in x and not x.startswith("-")]
     rest = [x for x in extra if x not in overrides]
-    if rest or (overrides and args.verb != "train"):
-        parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
+    if rest or (overrides and args.run is not cmd_train):
+        args.parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
     args.overrides = overrides
-    args.func(args)
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -106,20 +106,13 @@ def test_lora_stage_trains_and_saves_adapter(tmp_path):
 
 
 def test_post_training_cli_commands(tmp_path):
-    import argparse
+    from sprout.cli import build_parser, chat_tools, main
 
-    from sprout.post_cli import add_chat_flags, add_post_training_commands, chat_tools
-
-    parser = argparse.ArgumentParser()
-    add_post_training_commands(parser.add_subparsers(dest="cmd", required=True))
     model = _random_adapter(_base(tmp_path))
     save_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
-    a = parser.parse_args(["export", "merge-lora", "--model", str(tmp_path / "base"), "--lora",
-                           str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")])
-    a.func(a)
+    main(["export", "merge-lora", "--model", str(tmp_path / "base"), "--lora", str(tmp_path / "adapter"),
+          "--out", str(tmp_path / "merged")])
     assert (tmp_path / "merged" / "model.safetensors").exists()
-    chat = argparse.ArgumentParser()
-    add_chat_flags(chat)
-    c = chat.parse_args(["--lora", "X", "--tools"])
+    c = build_parser().parse_args(["chat", "--model", "M", "--lora", "X", "--tools"])
     assert c.lora == "X" and [t["function"]["name"] for t in chat_tools(c.tools)] == ["calculator", "unit_convert", "date_calc"]
-    assert chat_tools(chat.parse_args([]).tools) is None
+    assert chat_tools(build_parser().parse_args(["chat", "--model", "M"]).tools) is None

@@ -12,7 +12,6 @@ report.html, which needs no network, JavaScript or external CSS. See docs/report
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -531,33 +530,3 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
     html_path.write_text(page.html(), encoding="utf-8")
     md_path.write_text("\n".join(page.md), encoding="utf-8")
     return html_path, md_path
-
-
-# ---- command line (wired into sprout/cli.py) ------------------------------------------------------------
-
-def cmd_report(a: argparse.Namespace) -> None:
-    html_path, md_path = build_report(a.run_dir, a.out, recipe=a.reference_recipe, reference=not a.no_reference)
-    print(f"report: {html_path}\n        {md_path}")
-
-
-def add_report_command(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="HTML + markdown report with plots of a run (stage or speedrun folder)")
-    p.add_argument("run_dir", help="a training output folder (metrics.jsonl) or a speedrun folder")
-    p.add_argument("--out", help="where to write report.html / report.md (default: RUN_DIR)")
-    p.add_argument("--reference-recipe", help="compare with this built-in recipe's reference curves "
-                                               "(default: the one matching the run's preset and seq_len)")
-    p.add_argument("--no-reference", action="store_true", help="draw no reference curves")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-if __name__ == "__main__":  # python -m sprout.eval.report make-reference RUN_DIR RECIPE
-    import sys
-
-    if len(sys.argv) >= 4 and sys.argv[1] == "make-reference":
-        print(make_reference(sys.argv[2], sys.argv[3], note=" ".join(sys.argv[4:])))
-    else:
-        parser = argparse.ArgumentParser(prog="python -m sprout.eval.report")
-        add_report_command(parser.add_subparsers(dest="verb", required=True))
-        args = parser.parse_args(sys.argv[1:])
-        args.func(args)

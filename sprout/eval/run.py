@@ -5,7 +5,6 @@ Writes eval.json and eval.md into --out (default MODEL/eval). See docs/eval.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -17,9 +16,7 @@ from ..tokenizer import normalize_record
 from .choice import score_choices
 from .samples import generate_samples, sample_questions
 from .scoring import continuation_logprobs
-from .tasks import BUILTIN_TASKS, builtin_items
-
-DEFAULT_TASKS = ["insuranceqa-zh", "insuranceqa-en", "idiom-zh", "samples"]
+from .tasks import BUILTIN_TASKS, DEFAULT_TASKS, builtin_items
 
 
 def _documents(tokenizer, path: str, max_docs: int) -> list[str]:
@@ -142,60 +139,17 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _context_table(a: argparse.Namespace) -> None:
+def write_context_table(model_dir: str, data: str, train_len: int, out: str | None = None,
+                        device: str = "auto") -> list[dict]:
+    """Perplexity of `data` at 1x/2x/4x train_len under each RoPE scaling; OUT/context.json + context.md."""
     from ..infer.loading import load_for_inference
     from .context import context_length_table, table_markdown
 
-    if not a.data:
-        raise SystemExit("--context-table needs --data FILE (held-out text)")
-    model, tok = load_for_inference(a.model, a.device)
-    rows = context_length_table(model, tok, a.data, a.context_table)
-    out_dir = Path(a.out or Path(a.model) / "eval")
+    model, tok = load_for_inference(model_dir, device)
+    rows = context_length_table(model, tok, data, train_len)
+    out_dir = Path(out or Path(model_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "context.json").write_text(json.dumps(rows, indent=2))
-    (out_dir / "context.md").write_text(table_markdown(rows, a.context_table) + "\n")
-    print(table_markdown(rows, a.context_table))
-
-
-# ---- command line (wired into sprout/cli.py) ---------------------------------------------------
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder (required)")
-    p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
-    p.add_argument("--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / "
-                                   "bits per byte")
-    p.add_argument("--tasks", nargs="*", default=DEFAULT_TASKS,
-                   help=f"built-in tasks: {', '.join(BUILTIN_TASKS)}, samples (pass none: --tasks)")
-    p.add_argument("--mc", nargs="*", default=[], metavar="FILE",
-                   help="C-Eval/CMMLU/MMLU-style csv or jsonl files (question, A, B, C, D, answer)")
-    p.add_argument("--mc-dev", metavar="FILE", help="few-shot examples for --mc (default: the same file minus the item)")
-    p.add_argument("--shots", type=int, default=0, help="few-shot examples per --mc question")
-    p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
-    p.add_argument("--seed", type=int, default=0, help="seed for built-in task negatives and few-shot draws")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--context-table", type=int, metavar="TRAIN_LEN",
-                   help="with --data: perplexity at 1x/2x/4x TRAIN_LEN with no RoPE scaling, linear, NTK and YaRN")
-    p.add_argument("--rope-scaling", help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the "
-                                          "training length, e.g. yarn:4:512")
-
-
-def cmd_eval(a: argparse.Namespace) -> None:
-    if not a.model:
-        raise SystemExit("sprout eval: --model DIR is required")
-    if a.context_table:
-        _context_table(a)
-        return
-    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device, mc=a.mc,
-             mc_dev=a.mc_dev, shots=a.shots, seed=a.seed, rope_scaling=a.rope_scaling)
-
-
-def add_eval_command(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="perplexity / bits per byte, multiple-choice benchmarks, built-in tasks, "
-                                           "samples")
-    add_eval_arguments(p)
-    p.set_defaults(func=cmd_eval)
-    # `sprout eval harness ...` (lm-evaluation-harness); plain `sprout eval --model DIR` stays as it is.
-    from .harness import add_harness_command
-
-    add_harness_command(p.add_subparsers(dest="eval_action", metavar="harness"))
-    return p
+    (out_dir / "context.md").write_text(table_markdown(rows, train_len) + "\n")
+    print(table_markdown(rows, train_len))
+    return rows

@@ -1,4 +1,4 @@
-"""Checks for the post-training stages (used by the docs' numbers; run with `python -m sprout.eval.skills`).
+"""Checks for the post-training stages (used by the docs' numbers; run with `sprout eval skills CHECK MODEL`).
 
     reasoning MODEL   fraction of generations with exactly one well-formed <think>…</think> block
                       (thinking on) and with none (thinking off), on held-out word problems
@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from typing import Any
 
@@ -149,28 +147,15 @@ def identity_eval(model, tok, questions=("Who are you?", "What is your name?", "
     return [{"q": q, "a": a} for q, a in zip(questions, _gen(model, tok, convs, False, 40))]
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_check(check: str, model_dir: str, lora: str | None = None, n: int = 50, offer: str = "needed",
+              kind: str = "calc", device: str = "cpu", threads: int = 2) -> Any:
+    """`sprout eval skills CHECK MODEL`: load the model (plus adapter) and run one check; JSON-ready result."""
     from ..infer.chat import load_chat_model
 
-    p = argparse.ArgumentParser(prog="python -m sprout.eval.skills")
-    p.add_argument("check", choices=["reasoning", "tools", "identity"])
-    p.add_argument("model")
-    p.add_argument("--lora")
-    p.add_argument("-n", type=int, default=50)
-    p.add_argument("--offer", choices=["needed", "all", "none"], default="needed",
-                   help="tools check: list only the needed tool, all three, or none")
-    p.add_argument("--kind", choices=["calc", "unit", "date"], default="calc", help="tools check: which tool's questions")
-    a = p.parse_args(argv)
-    torch.set_num_threads(2)
-    model, tok = load_chat_model(a.model, a.lora, "cpu")
-    if a.check == "reasoning":
-        res: Any = reasoning_eval(model, tok, a.n)
-    elif a.check == "tools":
-        res = tools_eval(model, tok, a.n, offered=a.offer, kind=a.kind)
-    else:
-        res = identity_eval(model, tok)
-    print(json.dumps(res, ensure_ascii=False, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    torch.set_num_threads(threads)
+    model, tok = load_chat_model(model_dir, lora, device)
+    if check == "reasoning":
+        return reasoning_eval(model, tok, n)
+    if check == "tools":
+        return tools_eval(model, tok, n, offered=offer, kind=kind)
+    return identity_eval(model, tok)

@@ -17,6 +17,7 @@ import random
 
 BUILTIN_TASKS = ("insuranceqa-zh", "insuranceqa-en", "insuranceqa-zh-as-written", "insuranceqa-en-as-written",
                  "idiom-zh")
+DEFAULT_TASKS = ["insuranceqa-zh", "insuranceqa-en", "idiom-zh", "samples"]  # `sprout eval` without --tasks
 
 
 def idiom_choice(n: int = 300, n_negatives: int = 3, seed: int = 0) -> list[dict]:

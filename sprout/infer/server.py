@@ -630,25 +630,8 @@ def _name_dir(spec: str, flag: str) -> tuple[str, str]:
     return name, d
 
 
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
-                   help="model folder to serve; repeat to serve several (the first is the default)")
-    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR[@BASE]",
-                   help="LoRA adapter served as model NAME on top of BASE (default: the first --model)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together per model")
-    p.add_argument("--max-concurrent", type=int, default=64, help="requests in flight before 429")
-    p.add_argument("--max-prompt-tokens", type=int, default=2048)
-    p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=256)
-    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-
 def cmd_serve(a: argparse.Namespace) -> None:
+    """Run the server for `sprout serve` (its flags are in sprout/cli.py)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -674,21 +657,3 @@ def cmd_serve(a: argparse.Namespace) -> None:
     app = create_app(registry, settings)
     print(f"sprout serve: http://{a.host}:{a.port}/  (models: {', '.join(registry.entries)})", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="info")
-
-
-def add_serve_command(subparsers) -> argparse.ArgumentParser:
-    """Register `sprout serve` on the CLI's subparsers (one line in sprout/cli.py)."""
-    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server + web chat page")
-    add_serve_arguments(p)
-    p.set_defaults(func=cmd_serve)
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sprout.infer.server")
-    add_serve_arguments(parser)
-    cmd_serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

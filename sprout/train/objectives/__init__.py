@@ -1,10 +1,14 @@
 """Training objectives, registered by stage name (`sprout train <stage>` picks one).
 
-A new stage subclasses `Objective` and decorates itself with `@register`; the engine needs
-nothing else. See base.py for the interface.
+A new stage subclasses `Objective`, decorates itself with `@register` and gets a line in
+sprout/train/stages.py (name -> module, so the CLI lists stages without importing torch); the engine
+needs nothing else. See base.py for the interface.
 """
 from __future__ import annotations
 
+import importlib
+
+from ..stages import STAGES
 from .base import Objective, move_batch
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -19,18 +23,17 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def get_objective(name: str) -> type[Objective]:
+    """The Objective class registered as `name`, importing its module (sprout/train/stages.py) on first use."""
+    if name not in OBJECTIVES and name in STAGES:
+        importlib.import_module(f"{__name__}.{STAGES[name][0]}")
     if name not in OBJECTIVES:
-        raise SystemExit(f"unknown training stage {name!r}; available: {', '.join(sorted(OBJECTIVES))}")
+        available = sorted(set(OBJECTIVES) | set(STAGES))
+        raise SystemExit(f"unknown training stage {name!r}; available: {', '.join(available)}")
     return OBJECTIVES[name]
 
 
 def build_objective(cfg) -> Objective:
     """The objective for `cfg.stage`, configured by `cfg` (a TrainConfig)."""
     return get_objective(cfg.stage)(cfg)
-
-
-# Built-in stages register themselves on import.
-from . import lm  # noqa: E402,F401
-from . import distill, dpo, lora, reasoning  # noqa: E402,F401  (post-training stages)
 
 __all__ = ["OBJECTIVES", "Objective", "build_objective", "get_objective", "move_batch", "register"]
