@@ -1,11 +1,16 @@
 """The one training loop. Every stage runs through `train(cfg)`; what differs per stage is its Objective.
 
-    for each optimizer step until a budget is reached:
-        lr = cfg.lr * schedule(progress)
-        repeat grad_accum times: loss = objective.loss(model, next_batch); (loss / grad_accum).backward()
-        clip gradients to cfg.grad_clip, optimizer.step(), zero_grad
-        log / evaluate / checkpoint on their intervals
-    evaluate, checkpoint, objective.save(model, tokenizer, cfg.out)
+    run, state = setup(cfg)                      # model, data, optimizer, schedule; --resume restores all
+    until budget_reached or Ctrl-C:
+        set_lr                                   # schedule(progress once this step is done)
+        optimizer_step:
+            accumulate_gradients                 # grad_accum x (objective.loss(model, batch) / grad_accum).backward()
+            agree_across_ranks                   # one all-reduce: tokens, non-finite loss, clock, Ctrl-C
+            skip_nonfinite_step | apply_gradients + objective.on_optimizer_step(model)
+        log_step; evaluate_and_log, checkpoint   # on their intervals
+    finish: evaluate, checkpoint, objective.save(model, tokenizer, cfg.out)   (Ctrl-C: interrupted -> checkpoint)
+
+`Run` holds what setup builds once, `RunState` what changes per step (and what a checkpoint stores).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -234,31 +239,131 @@ def _write_config(cfg: TrainConfig, out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-# ---- the loop ----------------------------------------------------------------------------------------
+# ---- the run: fixed parts and changing state -----------------------------------------------------------
+@dataclass
+class LogWindow:
+    """Sums since the last metrics.jsonl record (averaged when written)."""
+
+    t: float  # perf_counter() when the window opened, for tokens/s
+    loss: float = 0.0
+    grad_norm: Any = 0.0  # a tensor once a step is added: read back only when a record is written
+    n: int = 0
+    tokens: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """What changes from step to step. step/tokens/cursor/elapsed (plus the RNG streams, the optimizer and
+    objective state) are what a checkpoint stores to continue bit-identically; the rest is loop bookkeeping."""
+
+    step: int = 0
+    tokens: int = 0
+    cursor: tuple[int, int] = (0, 0)  # (epoch, batch) of the next batch, see ResumableSampler
+    elapsed_before: float = 0.0  # seconds trained by earlier runs of a resumed training
+    t_start: float = 0.0  # perf_counter() when this run's loop began
+    lr: float = 0.0
+    bad_steps: int = 0  # consecutive non-finite steps
+    last_eval_step: int = -1
+    last_save_step: int = -1
+    smooth: float | None = None  # moving average of the loss, for the progress line
+    agreed_elapsed: float = 0.0  # under DDP: rank 0's clock as agreed at the last step
+    stop_agreed: bool = False  # under DDP: some rank saw Ctrl-C at the last step
+    window: LogWindow = field(default_factory=lambda: LogWindow(t=0.0))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.t_start)
+
+
+@dataclass
+class Run:
+    """The parts of a training run that `setup` builds once and the step functions share."""
+
+    cfg: TrainConfig
+    out: Path
+    dinfo: DistInfo
+    device: torch.device
+    precision: Any
+    objective: Objective
+    tokenizer: Any
+    model: nn.Module
+    loss_module: nn.Module  # objective.loss behind forward(), DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    scaler: Any
+    train_ds: Dataset
+    val_ds: Dataset | None
+    sampler: ResumableSampler
+    batches: Iterator[dict[str, Any]]
+    budget: Budget
+    schedule: Any
+    est_total_steps: float | None
+    nominal_step_tokens: int
+    resumed_from: Path | None
+    log: MetricsLog | None
+    display: ProgressDisplay
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the micro-batches
+    grad_norm: torch.Tensor
+    metrics: dict[str, Any]  # summed over the micro-batches
+    tokens: int  # all ranks together
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Run training as configured; return the final model folder (cfg.out), or the checkpoint
     folder when the run was interrupted. `on_step(info)` is called after every optimizer step
     (tests use it to interrupt a run)."""
-    out = Path(cfg.out)
     dinfo = init_distributed(cfg.device)
     try:
-        return _train(cfg, out, dinfo, on_step)
+        return _train(cfg, Path(cfg.out), dinfo, on_step)
     finally:
         if dinfo.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | None) -> Path:
+    """Set up; until a budget is reached or Ctrl-C: one optimizer step, log, evaluate, checkpoint on their
+    intervals; then a last evaluation, checkpoint and the saved model (or, when stopped, just the checkpoint)."""
+    run, st = setup(cfg, out, dinfo)
+    with run.display, _StopFlag() as stop, (run.log if run.log is not None else contextlib.nullcontext()):
+        announce(run, st)
+        st.t_start = st.window.t = time.perf_counter()
+        st.lr = cfg.lr * run.schedule.factor(0.0, st.step)
+        while True:
+            if budget_reached(run, st):
+                return finish(run, st)
+            if stop_agreed(run, st, stop):
+                return interrupted(run, st)
+            set_lr(run, st)
+            result = optimizer_step(run, st, stop)
+            if result is None:
+                continue  # non-finite loss: the batches were skipped
+            progress = log_step(run, st, result)
+            if run.val_ds is not None and cfg.eval_every and st.step % cfg.eval_every == 0:
+                evaluate_and_log(run, st)
+            if cfg.save_every and st.step % cfg.save_every == 0:
+                checkpoint(run, st)
+            if on_step is not None:
+                on_step({"step": st.step, "loss": result.loss, "lr": st.lr, "tokens": st.tokens, "progress": progress})
+
+
+# ---- setup ------------------------------------------------------------------------------------------------
+def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
+    """Device, objective, model, data, optimizer, schedule; restored from the latest checkpoint with --resume.
+    The order is fixed: everything that draws random numbers comes before the RNG streams are restored."""
     device = select_device(cfg.device)
     precision = select_precision(device, cfg.dtype)
     configure_backend(device, cfg.num_threads)
     _seed_everything(cfg.seed)  # same on every rank: identical initial weights
-    ckpt_root = out / "checkpoints"
-    resume_from = None
-    if cfg.resume:
-        resume_from = latest_checkpoint(ckpt_root)
-        if resume_from is None:
-            raise SystemExit(f"resume=True but {ckpt_root} holds no checkpoint; drop --resume to start fresh")
+    resume_from = _resume_path(cfg, out)
     if dinfo.main:
         check_trackers(cfg.trackers)
         out.mkdir(parents=True, exist_ok=True)
@@ -269,53 +374,28 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
     model = objective.build_model(tokenizer).to(device)
     model.train()
     objective.setup(model, device)
-
-    # Rank 0 builds (and caches) the datasets first; the other ranks then read its cache.
-    if dinfo.enabled and not dinfo.main:
-        dist.barrier()
-    train_ds, val_ds = objective.datasets(tokenizer)
-    if dinfo.enabled and dinfo.main:
-        dist.barrier()
-    if val_ds is not None and len(val_ds) == 0:
-        val_ds = None
+    train_ds, val_ds = _datasets(objective, tokenizer, dinfo)
 
     sampler = ResumableSampler(len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, device,
                                 objective.trainable_parameters(model))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = precision.make_scaler()
     budget = Budget.from_config(cfg)
     nominal_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dinfo.world
-    estimates = [x for x in (
-        budget.max_steps,
-        budget.max_tokens / nominal_step_tokens if budget.max_tokens else None,
-        budget.epochs * sampler.batches_per_epoch / cfg.grad_accum if budget.epochs else None,
-    ) if x]
-    est_total_steps = min(estimates) if estimates else None
+    est_total_steps = _estimate_total_steps(budget, nominal_step_tokens, sampler.batches_per_epoch, cfg.grad_accum)
     schedule = make_schedule(cfg.schedule, cfg.warmup, cfg.min_lr_ratio, cfg.decay_fraction, est_total_steps)
 
-    step, tokens, elapsed_before, cursor = 0, 0, 0.0, (0, 0)
+    st = RunState()
     saved_rng = None
     if resume_from is not None:
-        st = load_checkpoint(resume_from, model, optimizer)
-        step, tokens, elapsed_before = int(st["step"]), int(st["tokens"]), float(st["elapsed_s"])
-        cursor = (int(st["cursor"][0]), int(st["cursor"][1]))
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        objective.load_state_dict(st.get("objective", {}))
-        saved_rng = st["rng"]
+        saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective)
 
     if cfg.compile and device.type == "cuda":
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
-        model.forward = torch.compile(model.forward)
-    loss_module: nn.Module = _ObjectiveModule(model, objective)
-    if dinfo.enabled:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
-
+        model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
+    loss_module = _loss_module(model, objective, dinfo, device)
     loader = DataLoader(
-        train_ds, batch_sampler=_BatchSampler(sampler, cursor), collate_fn=objective.collate,
+        train_ds, batch_sampler=_BatchSampler(sampler, st.cursor), collate_fn=objective.collate,
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG
     )
@@ -324,167 +404,270 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
 
     log = MetricsLog(out, cfg.trackers, json.loads(json.dumps(dataclasses.asdict(cfg))),
-                     resume_step=step if resume_from is not None else None) if dinfo.main else None
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in params)
+                     resume_step=st.step if resume_from is not None else None) if dinfo.main else None
+    run = Run(cfg, out, dinfo, device, precision, objective, tokenizer, model, loss_module, optimizer,
+              [p for g in optimizer.param_groups for p in g["params"]], scaler, train_ds, val_ds, sampler, batches,
+              budget, schedule, est_total_steps, nominal_step_tokens, resume_from, log,
+              ProgressDisplay(dinfo.main, cfg.log_every))
+    return run, st
 
-    def checkpoint(lr: float) -> Path | None:
-        path = None
-        if dinfo.main:
-            state = {
-                "step": step, "tokens": tokens, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                "cursor": list(cursor), "lr": lr, "scaler": scaler.state_dict() if scaler is not None else {},
-                "objective": objective.state_dict(), "rng": rng_state(),
-                "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-            }
-            path = save_checkpoint(ckpt_root, step, model, optimizer, state)
-        if dinfo.enabled:
-            dist.barrier()
-        return path
 
-    display = ProgressDisplay(dinfo.main, cfg.log_every)
-    t_start = time.perf_counter()
-    lr = cfg.lr * schedule.factor(0.0, step)
-    bad_steps, last_eval_step, last_save_step = 0, -1, step if resume_from is not None else -1
-    window: dict[str, Any] = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "tokens": 0, "t": t_start, "metrics": {}}
-    smooth: float | None = None
-    stopped_by_user = stop_agreed = False
-    agreed_elapsed = elapsed_before
+def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise SystemExit(f"resume=True but {out / 'checkpoints'} holds no checkpoint; drop --resume to start fresh")
+    return path
 
-    with display, _StopFlag() as stop, (log if log is not None else contextlib.nullcontext()):
-        if resume_from is not None:
-            display.print(f"resumed from {resume_from} at step {step}")
-        display.print(
-            f"{cfg.stage}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained) on {device} "
-            f"[{precision.name}], {len(train_ds):,} train / {len(val_ds) if val_ds is not None else 0:,} val "
-            f"examples, budget {budget.describe()}" + (f" ~{est_total_steps:,.0f} steps" if est_total_steps else "")
+
+def _datasets(objective: Objective, tokenizer: Any, dinfo: DistInfo) -> tuple[Dataset, Dataset | None]:
+    """Rank 0 builds (and caches) the datasets first; the other ranks then read its cache."""
+    if dinfo.enabled and not dinfo.main:
+        dist.barrier()
+    train_ds, val_ds = objective.datasets(tokenizer)
+    if dinfo.enabled and dinfo.main:
+        dist.barrier()
+    if val_ds is not None and len(val_ds) == 0:  # type: ignore[arg-type]
+        val_ds = None
+    return train_ds, val_ds
+
+
+def _estimate_total_steps(budget: Budget, step_tokens: int, batches_per_epoch: int, grad_accum: int) -> float | None:
+    """Steps the run will take by the tightest of the step, token and epoch budgets (a time budget has no
+    estimate); the LR schedule and the progress display use it."""
+    estimates = [x for x in (
+        budget.max_steps,
+        budget.max_tokens / step_tokens if budget.max_tokens else None,
+        budget.epochs * batches_per_epoch / grad_accum if budget.epochs else None,
+    ) if x]
+    return min(estimates) if estimates else None
+
+
+def _restore(path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+             objective: Objective) -> dict[str, Any]:
+    """Load weights, optimizer, scaler and objective state into place and the counters into `st`; return the
+    saved RNG streams (applied last by `setup`)."""
+    saved = load_checkpoint(path, model, optimizer)
+    st.step, st.tokens, st.elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
+    st.cursor = (int(saved["cursor"][0]), int(saved["cursor"][1]))
+    st.agreed_elapsed = st.elapsed_before
+    st.last_save_step = st.step  # this step is on disk already
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    objective.load_state_dict(saved.get("objective", {}))
+    return saved["rng"]
+
+
+def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device) -> nn.Module:
+    module: nn.Module = _ObjectiveModule(model, objective)
+    if dinfo.enabled:
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
+    return module
+
+
+def announce(run: Run, st: RunState) -> None:
+    n_params = sum(p.numel() for p in run.model.parameters())
+    n_train = sum(p.numel() for p in run.params)
+    if run.resumed_from is not None:
+        run.display.print(f"resumed from {run.resumed_from} at step {st.step}")
+    n_val = len(run.val_ds) if run.val_ds is not None else 0  # type: ignore[arg-type]
+    run.display.print(
+        f"{run.cfg.stage}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained) on {run.device} "
+        f"[{run.precision.name}], {len(run.train_ds):,} train / {n_val:,} val "  # type: ignore[arg-type]
+        f"examples, budget {run.budget.describe()}"
+        + (f" ~{run.est_total_steps:,.0f} steps" if run.est_total_steps else "")
+    )
+
+
+# ---- decisions at the top of each step (identical on every rank) -------------------------------------------
+def _elapsed_for_decisions(run: Run, st: RunState) -> float:
+    # Under DDP every rank must take the same decisions, so they use the values agreed at the last step.
+    return st.agreed_elapsed if run.dinfo.enabled else st.elapsed()
+
+
+def budget_reached(run: Run, st: RunState) -> bool:
+    elapsed = _elapsed_for_decisions(run, st)
+    return run.budget.progress(st.step, st.tokens, elapsed, run.sampler.epochs_done(st.cursor)) >= 1.0
+
+
+def stop_agreed(run: Run, st: RunState, stop: _StopFlag) -> bool:
+    return st.stop_agreed if run.dinfo.enabled else stop.requested
+
+
+def set_lr(run: Run, st: RunState) -> None:
+    """lr for this step: budget progress as it will be once this step is done."""
+    cfg = run.cfg
+    epochs_next = run.sampler.epochs_done(st.cursor) + cfg.grad_accum / run.sampler.batches_per_epoch
+    progress = run.budget.progress(st.step + 1, st.tokens + run.nominal_step_tokens, _elapsed_for_decisions(run, st),
+                                   epochs_next)
+    st.lr = cfg.lr * run.schedule.factor(progress, st.step)
+    for g in run.optimizer.param_groups:
+        g["lr"] = st.lr
+
+
+# ---- one optimizer step ---------------------------------------------------------------------------------------
+def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None:
+    """grad_accum micro-batches, agree across ranks, then either skip a non-finite step (None) or clip the
+    gradients, step the optimizer and tell the objective (`on_optimizer_step`)."""
+    loss_sum, step_tokens, metrics = accumulate_gradients(run, st)
+    nonfinite, tokens = agree_across_ranks(run, st, loss_sum, step_tokens, stop)
+    st.tokens += tokens
+    if nonfinite:
+        skip_nonfinite_step(run, st)
+        return None
+    st.bad_steps = 0
+    grad_norm = apply_gradients(run)
+    run.objective.on_optimizer_step(run.model)
+    st.step += 1
+    return StepResult(loss_sum.item() / run.cfg.grad_accum, grad_norm, metrics, tokens)
+
+
+def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    """Forward + backward over grad_accum micro-batches; (summed loss, tokens on this rank, summed metrics)."""
+    cfg = run.cfg
+    loss_sum = torch.zeros((), device=run.device)
+    step_tokens = 0
+    step_metrics: dict[str, Any] = {}
+    for k in range(cfg.grad_accum):
+        batch = next(run.batches)
+        st.cursor = run.sampler.advance(st.cursor)
+        step_tokens += run.objective.count_tokens(batch)
+        batch = move_batch(batch, run.device)
+        last_micro = k == cfg.grad_accum - 1
+        # DDP all-reduces gradients on every backward unless told not to: only the last micro-step syncs.
+        sync = run.loss_module.no_sync() if run.dinfo.enabled and not last_micro else contextlib.nullcontext()
+        with sync:  # type: ignore[attr-defined]
+            with run.precision.autocast():
+                loss, metrics = run.loss_module(batch)
+            scaled = loss / cfg.grad_accum
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        loss_sum += loss.detach().float()
+        for name, v in metrics.items():
+            step_metrics[name] = step_metrics.get(name, 0.0) + (
+                v.detach().float() if isinstance(v, torch.Tensor) else float(v))
+    return loss_sum, step_tokens, step_metrics
+
+
+def agree_across_ranks(run: Run, st: RunState, loss_sum: torch.Tensor, step_tokens: int,
+                       stop: _StopFlag) -> tuple[bool, int]:
+    """One collective per step keeps every rank agreeing on tokens, NaN skips, time and Ctrl-C.
+    Returns (some rank's loss was non-finite, tokens of all ranks)."""
+    nonfinite = float(not torch.isfinite(loss_sum).item())
+    shared = [float(step_tokens), nonfinite, st.elapsed() if run.dinfo.main else 0.0, float(stop.requested)]
+    if run.dinfo.enabled:
+        t = torch.tensor(shared, dtype=torch.float64, device=run.device)
+        dist.all_reduce(t)
+        shared = t.tolist()
+        st.agreed_elapsed, st.stop_agreed = shared[2], shared[3] > 0
+    return shared[1] > 0, int(shared[0])
+
+
+def skip_nonfinite_step(run: Run, st: RunState) -> None:
+    """Drop this step's gradients; stop the run after MAX_BAD_STEPS such steps in a row."""
+    run.optimizer.zero_grad(set_to_none=True)
+    st.bad_steps += 1
+    run.display.print(f"step {st.step + 1}: non-finite loss, skipping these batches ({st.bad_steps}/{MAX_BAD_STEPS})")
+    if st.bad_steps >= MAX_BAD_STEPS:
+        raise RuntimeError(
+            f"{MAX_BAD_STEPS} optimizer steps in a row had a NaN/inf loss (last at step {st.step + 1}); "
+            "try a lower lr, dtype=fp32 or bf16 instead of fp16, or check the data. The last good "
+            f"checkpoint is in {run.ckpt_root}."
         )
-        while True:
-            # Under DDP every rank must take the same decisions, so they use the values agreed at the last step.
-            elapsed = agreed_elapsed if dinfo.enabled else elapsed_before + (time.perf_counter() - t_start)
-            if budget.progress(step, tokens, elapsed, sampler.epochs_done(cursor)) >= 1.0:
-                break
-            if stop_agreed if dinfo.enabled else stop.requested:
-                stopped_by_user = True
-                break
-            # lr for this step: budget progress as it will be once this step is done.
-            epochs_next = sampler.epochs_done(cursor) + cfg.grad_accum / sampler.batches_per_epoch
-            lr = cfg.lr * schedule.factor(
-                budget.progress(step + 1, tokens + nominal_step_tokens, elapsed, epochs_next), step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
 
-            loss_sum = torch.zeros((), device=device)
-            step_tokens = 0
-            step_metrics: dict[str, Any] = {}
-            for k in range(cfg.grad_accum):
-                batch = next(batches)
-                cursor = sampler.advance(cursor)
-                step_tokens += objective.count_tokens(batch)
-                batch = move_batch(batch, device)
-                last_micro = k == cfg.grad_accum - 1
-                # DDP all-reduces gradients on every backward unless told not to: only the last micro-step syncs.
-                sync = loss_module.no_sync() if dinfo.enabled and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with precision.autocast():
-                        loss, metrics = loss_module(batch)
-                    scaled = loss / cfg.grad_accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += loss.detach().float()
-                for name, v in metrics.items():
-                    step_metrics[name] = step_metrics.get(name, 0.0) + (
-                        v.detach().float() if isinstance(v, torch.Tensor) else float(v))
 
-            # One collective per step keeps every rank agreeing on tokens, NaN skips, time and Ctrl-C.
-            now_elapsed = elapsed_before + (time.perf_counter() - t_start)
-            nonfinite = float(not torch.isfinite(loss_sum).item())
-            shared = [float(step_tokens), nonfinite, now_elapsed if dinfo.main else 0.0, float(stop.requested)]
-            if dinfo.enabled:
-                t = torch.tensor(shared, dtype=torch.float64, device=device)
-                dist.all_reduce(t)
-                shared = t.tolist()
-                agreed_elapsed, stop_agreed = shared[2], shared[3] > 0
-            tokens += int(shared[0])
+def apply_gradients(run: Run) -> torch.Tensor:
+    """Unscale (fp16), clip to cfg.grad_clip, optimizer step, zero the gradients; the norm before clipping."""
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+    max_norm = run.cfg.grad_clip if run.cfg.grad_clip and run.cfg.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
-            if shared[1] > 0:
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                display.print(f"step {step + 1}: non-finite loss, skipping these batches ({bad_steps}/{MAX_BAD_STEPS})")
-                if bad_steps >= MAX_BAD_STEPS:
-                    raise RuntimeError(
-                        f"{MAX_BAD_STEPS} optimizer steps in a row had a NaN/inf loss (last at step {step + 1}); "
-                        "try a lower lr, dtype=fp32 or bf16 instead of fp16, or check the data. The last good "
-                        f"checkpoint is in {ckpt_root}."
-                    )
-                continue
-            bad_steps = 0
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            max_norm = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            objective.on_optimizer_step(model)
-            step += 1
 
-            loss_value = loss_sum.item() / cfg.grad_accum
-            smooth = loss_value if smooth is None else 0.9 * smooth + 0.1 * loss_value
-            window["loss"] += loss_value
-            window["grad_norm"] += grad_norm.detach().float()
-            window["n"] += 1
-            for name, v in step_metrics.items():
-                window["metrics"][name] = window["metrics"].get(name, 0.0) + v
-            window["tokens"] += int(shared[0])
-            now = time.perf_counter()
-            elapsed = elapsed_before + (now - t_start)
-            progress = budget.progress(step, tokens, elapsed, sampler.epochs_done(cursor))
-            tok_s = window["tokens"] / max(now - window["t"], 1e-9)
-            display.update(step, round(est_total_steps) if est_total_steps else None, progress, smooth, lr, tok_s)
+# ---- log, evaluate, checkpoint, finish ----------------------------------------------------------------------
+def log_step(run: Run, st: RunState, r: StepResult) -> float:
+    """Progress line every step; a metrics.jsonl record (window averages) every log_every steps. Returns the
+    budget progress."""
+    st.smooth = r.loss if st.smooth is None else 0.9 * st.smooth + 0.1 * r.loss
+    w = st.window
+    w.loss += r.loss
+    w.grad_norm += r.grad_norm.detach().float()
+    w.n += 1
+    for name, v in r.metrics.items():
+        w.metrics[name] = w.metrics.get(name, 0.0) + v
+    w.tokens += r.tokens
+    now = time.perf_counter()
+    elapsed = st.elapsed_before + (now - st.t_start)
+    progress = run.budget.progress(st.step, st.tokens, elapsed, run.sampler.epochs_done(st.cursor))
+    tok_s = w.tokens / max(now - w.t, 1e-9)
+    total = round(run.est_total_steps) if run.est_total_steps else None
+    run.display.update(st.step, total, progress, st.smooth, st.lr, tok_s)
+    if run.log is not None and st.step % max(1, run.cfg.log_every) == 0:
+        micro = w.n * run.cfg.grad_accum
+        record = {"step": st.step, "tokens": st.tokens, "loss": w.loss / w.n, "lr": st.lr,
+                  "grad_norm": _to_float(w.grad_norm) / w.n, "tokens_per_s": tok_s,
+                  "elapsed_s": round(elapsed, 3), "epoch": round(run.sampler.epochs_done(st.cursor), 4)}
+        record.update({k: _to_float(v) / micro for k, v in w.metrics.items()})
+        run.log.log(record)
+        st.window = LogWindow(t=now)
+    return progress
 
-            if log is not None and step % max(1, cfg.log_every) == 0:
-                n = window["n"]
-                micro = n * cfg.grad_accum
-                record = {"step": step, "tokens": tokens, "loss": window["loss"] / n, "lr": lr,
-                          "grad_norm": _to_float(window["grad_norm"]) / n, "tokens_per_s": tok_s,
-                          "elapsed_s": round(elapsed, 3), "epoch": round(sampler.epochs_done(cursor), 4)}
-                record.update({k: _to_float(v) / micro for k, v in window["metrics"].items()})
-                log.log(record)
-                window = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "tokens": 0, "t": now, "metrics": {}}
 
-            if val_ds is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                if dinfo.main:
-                    _log_eval(log, display, evaluate(model, objective, val_ds, cfg, precision, device),
-                              step, tokens, elapsed)
-                last_eval_step = step
-            if cfg.save_every and step % cfg.save_every == 0:
-                checkpoint(lr)
-                last_save_step = step
-            if on_step is not None:
-                on_step({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens, "progress": progress})
+def evaluate_and_log(run: Run, st: RunState) -> None:
+    """Validation loss on rank 0 (the other ranks only note that this step was evaluated)."""
+    if run.dinfo.main:
+        result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)  # type: ignore[arg-type]
+        _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
+    st.last_eval_step = st.step
 
-        if stopped_by_user:
-            path = checkpoint(lr) if last_save_step != step else latest_checkpoint(ckpt_root)
-            display.print(
-                f"interrupted at step {step}; checkpoint in {path}. Resume with the same command plus "
-                f"--resume (resume=true)."
-            )
-            return path if path is not None else ckpt_root
 
-        elapsed = elapsed_before + (time.perf_counter() - t_start)
-        if val_ds is not None and dinfo.main and last_eval_step != step:
-            _log_eval(log, display, evaluate(model, objective, val_ds, cfg, precision, device), step, tokens, elapsed)
-        if last_save_step != step:
-            checkpoint(lr)
-        if dinfo.main:
-            objective.save(model, tokenizer, out)
-            display.print(f"done: {step} steps, {tokens:,} tokens in {format_duration(elapsed)}; model saved to {out}")
-        if dinfo.enabled:
-            dist.barrier()
-    return out
+def checkpoint(run: Run, st: RunState) -> Path | None:
+    """Rank 0 writes everything `setup` needs to continue exactly; all ranks wait for it."""
+    path = None
+    if run.dinfo.main:
+        state = {
+            "step": st.step, "tokens": st.tokens, "elapsed_s": st.elapsed(), "cursor": list(st.cursor), "lr": st.lr,
+            "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+            "objective": run.objective.state_dict(), "rng": rng_state(),
+            "config": json.loads(json.dumps(dataclasses.asdict(run.cfg))),
+        }
+        path = save_checkpoint(run.ckpt_root, st.step, run.model, run.optimizer, state)
+    if run.dinfo.enabled:
+        dist.barrier()
+    st.last_save_step = st.step
+    return path
+
+
+def interrupted(run: Run, st: RunState) -> Path:
+    """Ctrl-C: checkpoint (unless this step is saved already) and say how to resume."""
+    path = checkpoint(run, st) if st.last_save_step != st.step else latest_checkpoint(run.ckpt_root)
+    run.display.print(f"interrupted at step {st.step}; checkpoint in {path}. Resume with the same command plus "
+                      f"--resume (resume=true).")
+    return path if path is not None else run.ckpt_root
+
+
+def finish(run: Run, st: RunState) -> Path:
+    """Budget reached: last evaluation and checkpoint (if not just done), then the objective saves the model."""
+    if run.val_ds is not None and run.dinfo.main and st.last_eval_step != st.step:
+        evaluate_and_log(run, st)
+    if st.last_save_step != st.step:
+        checkpoint(run, st)
+    if run.dinfo.main:
+        run.objective.save(run.model, run.tokenizer, run.out)
+        run.display.print(f"done: {st.step} steps, {st.tokens:,} tokens in {format_duration(st.elapsed())}; "
+                          f"model saved to {run.out}")
+    if run.dinfo.enabled:
+        dist.barrier()
+    return run.out
 
 
 def _log_eval(log: MetricsLog | None, display: ProgressDisplay, result: dict, step: int, tokens: int,
