@@ -146,3 +146,25 @@ def test_report_renders_in_headless_chromium(tmp_path):
         assert im.size == (1280, 2400)
         colors = im.convert("RGB").resize((64, 120)).getcolors(64 * 120)
     assert colors is not None and len(colors) > 20  # not a blank page
+
+
+def test_report_sections_come_from_the_objectives_own_description(tmp_path):
+    """A reasoning run and a tools run (3 steps each, built-in data) get their own loss label, healthy-run text
+    and metrics; the stages are ordered by when they started, not by a list in the report."""
+    from sprout.config import TrainConfig
+    from sprout.train import train
+    from sprout.train.objectives import get_objective
+
+    run = tmp_path / "post"
+    for stage in ("tools", "reasoning"):  # tools first: alphabetical order would put it last
+        train(TrainConfig(stage=stage, preset="tiny", out=str(run / stage), max_steps=3, seq_len=1024 if stage == "tools" else 128, batch_size=2,
+                          log_every=1, eval_every=0, save_every=0, val_fraction=0.1,
+                          objective_args={"n": 40, "tag_weight": 3.0}))
+    assert list(find_stages(run)) == ["tools", "reasoning"]
+    html_path, md_path = build_report(run, reference=False)
+    md = md_path.read_text()
+    for stage in ("reasoning", "tools"):
+        obj = get_objective(stage)
+        section = md.split(f"## Stage: {stage}")[1].split("## Stage:")[0]
+        assert f"Loss: {obj.loss_label}." in section and obj.healthy in section
+        assert f"(report_files/{stage}_metrics.png)" in section  # its declared metric (`ce`) is plotted

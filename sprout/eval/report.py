@@ -1,6 +1,8 @@
 """`sprout report RUN_DIR`: one self-contained HTML page (and a markdown twin) for a run.
 
 RUN_DIR is a stage folder (it holds metrics.jsonl) or a speedrun folder (stage subfolders).
+Each stage folder's objective.json (written by the engine from the stage's Objective) says what its loss
+is, what a healthy run looks like and which metrics matter, so no stage list lives here.
 The page shows, per stage: training and validation loss with the reference curve of the
 built-in recipe dashed beside it, learning rate, gradient norm, tokens/s, then every other
 numeric metric the objective logged (MoE expert load, DPO rewards and margins, RL reward
@@ -27,13 +29,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .plots import read_metrics  # noqa: E402
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
-STAGE_ORDER = ["pretrain", "midtrain", "sft", "lora", "distill", "reason", "dpo", "ppo", "grpo", "spo", "rl", "agent"]
 # Plotted in the main panels, or bookkeeping: never in the "other metrics" figure.
 CORE_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "epoch", "split",
              "val_loss", "val_ppl"}
 MAX_PANELS = 12
-# Stages whose loss is next-token cross-entropy (other objectives' losses need not fall, or not far).
-LM_STAGES = {"pretrain", "midtrain", "sft", "lora", "distill", "reason"}
 
 TRAIN_C, SMOOTH_C, VAL_C, REF_C = "#9ecae1", "#08519c", "#e6550d", "#555555"
 
@@ -41,19 +40,38 @@ TRAIN_C, SMOOTH_C, VAL_C, REF_C = "#9ecae1", "#08519c", "#e6550d", "#555555"
 # ---- reading a run ------------------------------------------------------------------------------
 
 def find_stages(run_dir: str | Path) -> dict[str, Path]:
-    """{stage name: folder with metrics.jsonl}: RUN_DIR itself, or its subfolders in pipeline order."""
+    """{stage name: folder with metrics.jsonl}: RUN_DIR itself, or its subfolders in the order they started."""
     run_dir = Path(run_dir)
     if (run_dir / "metrics.jsonl").exists():
         return {_stage_name(run_dir): run_dir}
     subs = [d for d in sorted(run_dir.iterdir()) if d.is_dir() and (d / "metrics.jsonl").exists()]
     if not subs:
         raise SystemExit(f"{run_dir}: no metrics.jsonl here or in a subfolder; is this a training output folder?")
+    return {d.name: d for d in sorted(subs, key=_started)}
 
-    def order(d: Path) -> tuple:
-        name = _stage_name(d)
-        return (STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER), d.name)
 
-    return {d.name: d for d in sorted(subs, key=order)}
+def _started(folder: Path) -> float:
+    """When the stage first started: objective.json's `started`, else when config.yaml was written."""
+    started = read_objective(folder).get("started")
+    if isinstance(started, (int, float)):
+        return float(started)
+    cfg = folder / "config.yaml"
+    return cfg.stat().st_mtime if cfg.exists() else math.inf
+
+
+def read_objective(folder: Path) -> dict:
+    """The stage's self-description (see Objective.describe); folders from before objective.json existed get a
+    generic one, treated as a language-model loss when the run logged `ce`."""
+    path = folder / "objective.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    cfg = read_config(folder)
+    train, _ = read_metrics(folder) if (folder / "metrics.jsonl").exists() else ([], [])
+    return {"stage": str(cfg.get("stage") or folder.name), "loss_label": "loss", "healthy": "", "plot_metrics": [],
+            "lm_loss": any("ce" in r for r in train[:5])}
 
 
 def _stage_name(folder: Path) -> str:
@@ -185,8 +203,9 @@ def group_keys(keys: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def extra_series(train: list[dict], val: list[dict]) -> dict[str, list[str]]:
-    """Numeric metric names beyond the core ones, grouped; `val_X` rides with `X` (as markers)."""
+def extra_series(train: list[dict], val: list[dict], first: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Numeric metric names beyond the core ones, grouped; `val_X` rides with `X` (as markers). The metrics the
+    objective declared (`first`) lead, so they are plotted even when there are more groups than panels."""
     keys: list[str] = []
     for r in train + val:
         for k, v in r.items():
@@ -198,13 +217,14 @@ def extra_series(train: list[dict], val: list[dict]) -> dict[str, list[str]]:
     if "val_ce" in keys and "ce" not in keys:
         keys.remove("val_ce")
     base = [k for k in keys if not (k.startswith("val_") and k[4:] in keys)]
+    base.sort(key=lambda k: first.index(k) if k in first else len(first))  # stable: the rest keep their order
     return group_keys(base)
 
 
 # ---- plots -------------------------------------------------------------------------------------------
 
 def plot_core(stage: str, train: list[dict], val: list[dict], ref: tuple[str, dict] | None, cfg: dict,
-              out_png: Path) -> Path:
+              out_png: Path, loss_label: str = "loss") -> Path:
     """2x2: loss (train, smoothed, validation, reference), learning rate, gradient norm, tokens/s."""
     use_tokens = all("tokens" in r for r in train + val)
     xlabel = "training tokens (millions)" if use_tokens else "step"
@@ -227,7 +247,7 @@ def plot_core(stage: str, train: list[dict], val: list[dict], ref: tuple[str, di
             ax.plot([p[0] / 1e6 for p in st["val"]], [p[1] for p in st["val"]], "s:", color=REF_C, ms=3, lw=1,
                     label="reference validation")
     ax.set_title(f"{stage}: loss")
-    ax.set_ylabel("cross-entropy (nats/token)" if cfg.get("stage", stage) in LM_STAGES else "loss")
+    ax.set_ylabel(loss_label if len(loss_label) <= 48 else loss_label[:45] + "...", fontsize=8)
     _finish(ax, xlabel)
     for ax, key, title, log in ((axes[0][1], "lr", "learning rate", False),
                                 (axes[1][0], "grad_norm", "gradient norm (before clipping)", True),
@@ -498,21 +518,25 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
         train, val = read_metrics(folder)
         cfg = read_config(folder)
         ref = pick_reference(cfg.get("stage", name), cfg, recipe) if reference else None
-        loaded[name] = (folder, train, val, cfg, ref)
+        loaded[name] = (folder, train, val, cfg, ref, read_objective(folder))
     page.table(["stage", "steps", "tokens", "train loss (avg)", "val loss", "val ppl", "minutes"],
-               [[n] + _stage_summary(t, v) for n, (_, t, v, _, _) in loaded.items()], {1, 2, 3, 4, 5, 6})
+               [[n] + _stage_summary(t, v) for n, (_, t, v, *_) in loaded.items()], {1, 2, 3, 4, 5, 6})
 
-    for name, (folder, train, val, cfg, ref) in loaded.items():
-        page.heading(f"Stage: {name}")
+    for name, (folder, train, val, cfg, ref, desc) in loaded.items():
+        page.heading(f"Stage: {name}" + (f" ({desc['stage']})" if desc.get("stage") not in (None, name) else ""))
         page.para(f"folder {folder}", "muted")
-        page.notes(health_notes(train, val, ref, lm=cfg.get("stage", name) in LM_STAGES))
+        page.para(f"Loss: {desc.get('loss_label', 'loss')}.")
+        if desc.get("healthy"):
+            page.para(f"A healthy run: {desc['healthy']}", "muted")
+        page.notes(health_notes(train, val, ref, lm=bool(desc.get("lm_loss"))))
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-        png = plot_core(name, train, val, ref, cfg, files / f"{safe}_training.png")
+        png = plot_core(name, train, val, ref, cfg, files / f"{safe}_training.png", desc.get("loss_label", "loss"))
         page.image(png, f"report_files/{png.name}", f"{name}: loss, learning rate, gradient norm, throughput")
         if ref is None and reference:
             page.para("No reference curve for this configuration (reference curves exist for the built-in recipes).",
                       "muted")
-        extra = plot_extra(name, train, val, extra_series(train, val), files / f"{safe}_metrics.png")
+        groups = extra_series(train, val, desc.get("plot_metrics", []))
+        extra = plot_extra(name, train, val, groups, files / f"{safe}_metrics.png")
         if extra:
             page.image(extra, f"report_files/{extra.name}", f"{name}: other logged metrics")
         metas = read_data_meta(folder)

@@ -370,6 +370,8 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         _write_config(cfg, out)
 
     objective = build_objective(cfg)
+    if dinfo.main:
+        _write_description(objective, out, keep_started=cfg.resume)
     tokenizer = objective.load_tokenizer()
     model = objective.build_model(tokenizer).to(device)
     model.train()
@@ -668,6 +670,17 @@ def finish(run: Run, st: RunState) -> Path:
     if run.dinfo.enabled:
         dist.barrier()
     return run.out
+
+
+def _write_description(objective: Objective, out: Path, keep_started: bool) -> None:
+    """OUT/objective.json: the stage's self-description for `sprout report`, plus when the stage first started
+    (kept on resume; the report orders a speedrun's stages by it)."""
+    path = out / "objective.json"
+    started = time.time()
+    if keep_started:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            started = json.loads(path.read_text())["started"]
+    path.write_text(json.dumps({**objective.describe(), "started": started}, ensure_ascii=False, indent=1) + "\n")
 
 
 def _log_eval(log: MetricsLog | None, display: ProgressDisplay, result: dict, step: int, tokens: int,

@@ -32,6 +32,11 @@ class Objective:
     """Base class; subclasses set `name` and implement `datasets` and `loss`."""
 
     name: str = ""
+    # How the stage describes itself to `sprout report` (written to OUT/objective.json by the engine):
+    loss_label: str = "loss"  # what the logged `loss` is, for the plot axis and the report
+    lm_loss: bool = False  # the loss is a next-token cross-entropy that must fall (DPO / RL losses need not)
+    healthy: str = ""  # what a healthy run looks like, in a sentence or two
+    plot_metrics: tuple[str, ...] = ()  # logged metrics that tell how this stage goes, plotted first
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -150,6 +155,11 @@ class Objective:
         if self._step_load:
             update_router_biases(model, self._step_load)
             self._step_load = {}
+
+    def describe(self) -> dict[str, Any]:
+        """The self-description above as plain data (JSON-ready)."""
+        return {"stage": self.name, "loss_label": self.loss_label, "lm_loss": self.lm_loss, "healthy": self.healthy,
+                "plot_metrics": list(self.plot_metrics)}
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""

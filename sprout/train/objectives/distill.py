@@ -40,6 +40,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 @register
 class DistillObjective(SFTObjective):
     name = "distill"
+    loss_label = "alpha * KL(teacher || student) + (1 - alpha) * cross-entropy"
+    healthy = ("Both `kd` (the KL to the teacher) and `ce` fall; `ce` is comparable with an SFT run's loss on the "
+               "same data and should end below it.")
+    plot_metrics = ("kd", "ce")
 
     @property
     def args(self) -> dict[str, Any]:

@@ -142,6 +142,10 @@ def pad_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.T
 @register
 class DPOObjective(Objective):
     name = "dpo"
+    loss_label = "DPO loss, -log sigmoid(beta * reward margin); 0.693 at the start"
+    healthy = ("The loss starts at ln 2 = 0.693 (policy = reference), the reward margin grows and accuracy "
+               "(chosen reward above rejected) rises well above 0.5; chosen log-probabilities should not collapse.")
+    plot_metrics = ("margin", "accuracy", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
 
     @property
     def args(self) -> dict[str, Any]:

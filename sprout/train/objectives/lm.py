@@ -27,6 +27,9 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class CausalLMObjective(Objective):
     """Shared loss: mean CE over labelled positions, plus `model_losses` (MTP on the same labels, MoE balance)."""
 
+    lm_loss = True
+    plot_metrics = ("ce", "aux_loss")
+
     data_kind = ""  # record kind for sprout.data readers and built-in data
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -50,6 +53,10 @@ class CausalLMObjective(Objective):
 @register
 class PretrainObjective(CausalLMObjective):
     name = "pretrain"
+    loss_label = "cross-entropy, nats/token (+ MoE balance loss)"
+    healthy = ("The loss starts near ln(vocab_size) (8.76 for 6,400 tokens), falls steeply over the first few "
+               "percent of tokens, then slowly; validation loss stays within a few tenths of the training loss and "
+               "grad_norm settles below grad_clip after warmup.")
     data_kind = "pretrain"
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
@@ -71,6 +78,9 @@ class PretrainObjective(CausalLMObjective):
 @register
 class SFTObjective(CausalLMObjective):
     name = "sft"
+    loss_label = "cross-entropy on assistant tokens, nats/token"
+    healthy = ("The loss starts near the base model's loss on chat text and falls over the first pass; validation "
+               "loss follows it. Validation loss rising while training loss falls means too many epochs.")
     data_kind = "sft"
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:

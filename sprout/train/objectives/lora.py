@@ -20,6 +20,9 @@ from .lm import SFTObjective
 @register
 class LoRAObjective(SFTObjective):
     name = "lora"
+    loss_label = "cross-entropy on assistant tokens, nats/token (adapter only trained)"
+    healthy = ("A small set is learned fast: the loss falls by several nats within a few hundred steps and "
+               "validation loss follows; only the adapter's parameters change.")
     data_kind = "sft"
 
     @property

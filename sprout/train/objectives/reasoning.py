@@ -71,10 +71,19 @@ class _TaggedSFT(SFTObjective):
 @register
 class ReasoningObjective(_TaggedSFT):
     name = "reasoning"
+    loss_label = "cross-entropy on assistant tokens, <think> tags weighted by tag_weight"
+    healthy = ("The loss falls fast (the template of a <think> block is learned in the first few dozen steps), "
+               "then slowly; `ce` is the unweighted loss. Check the format with `sprout eval skills reasoning`.")
+    plot_metrics = ("ce",)
     builtin = "reasoning"
 
 
 @register
 class ToolsObjective(_TaggedSFT):
     name = "tools"
+    loss_label = "cross-entropy on assistant tokens (tool calls and answers), tags weighted by tag_weight"
+    healthy = ("The loss falls from about 4 to below 1: the call protocol (JSON call, read the result, answer) is "
+               "learned in the first ~150 steps, copying the right digits takes the rest. Check with "
+               "`sprout eval skills tools`.")
+    plot_metrics = ("ce",)
     builtin = "tools"
