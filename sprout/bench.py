@@ -9,11 +9,13 @@ import platform
 import time
 
 
-def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, steps: int, device: str = "auto") -> list[dict]:
+def bench_train(
+    preset: str, dtypes: list[str], seq_len: int, batch_size: int, steps: int, device: str = "auto"
+) -> list[dict]:
     import torch
+    import torch.nn.functional as F
 
-    from .models import model_preset
-    from .models import build_model
+    from .models import build_model, model_preset
     from .train.device import select_device, select_precision
     from .train.optim import build_optimizer
 
@@ -21,17 +23,19 @@ def bench_train(preset: str, dtypes: list[str], seq_len: int, batch_size: int, s
     rows = []
     for dtype in dtypes:
         torch.manual_seed(0)
-        model = build_model(model_preset(preset)).to(dev)
+        cfg = model_preset(preset)
+        model = build_model(cfg).to(dev)
         precision = select_precision(dev, dtype)
         opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), dev, model.named_parameters())
-        x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), device=dev)
+        x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), device=dev)
         for i in range(steps + 1):
             if i == 1:  # step 0 warms up allocators and kernels
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
             with precision.autocast():
-                loss = model.loss(x[:, :-1], x[:, 1:])
+                logits = model(x[:, :-1]).logits  # the training objectives' loss: fp32 cross-entropy
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

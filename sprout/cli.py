@@ -13,13 +13,15 @@ Adding a verb is one entry in VERBS:
 This module imports nothing but the standard library at module level, so `sprout --help` and argument
 errors answer at once without torch, numpy, matplotlib or transformers (tests/test_cli_light.py checks).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,47 +39,72 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help="training stage (listed below)")
     p.add_argument("--recipe", help="built-in recipe name or YAML file (see sprout/recipes/)")
-    p.add_argument("--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)")
+    p.add_argument(
+        "--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)"
+    )
     p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
-    p.add_argument("--preset", help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3, "
-                   "cpu-moe, minimind2-moe, minimind3-moe, mini-deepseekv3, mini-qwen3-next, ...")
+    p.add_argument(
+        "--preset",
+        help="model preset for a fresh model: cpu, minimind2-small, minimind2, minimind3, "
+        "cpu-moe, minimind2-moe, minimind3-moe, mini-deepseekv3, mini-qwen3-next, ...",
+    )
     p.add_argument("--tokenizer", help="tokenizer folder (default: --model's, else sprout's built-in tokenizer)")
     p.add_argument("--out", help="output folder (checkpoints, metrics, final model)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes (the LR schedule follows the clock)")
     p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--resume", action="store_true", default=None, help="continue exactly from --out's latest checkpoint")
-    p.add_argument("--skip-invalid", action="store_true", default=None, help="skip malformed records and report how many")
+    p.add_argument(
+        "--resume", action="store_true", default=None, help="continue exactly from --out's latest checkpoint"
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true", default=None, help="skip malformed records and report how many"
+    )
     # KEY=VALUE overrides may appear anywhere after the stage; main() collects them (see below).
 
 
 def _train_epilog() -> str:
     from .train.stages import stages_help
 
-    return ("stages:\n" + stages_help() + "\n\nAny TrainConfig field can be set as KEY=VALUE, "
-            "e.g. lr=3e-4 model_overrides.hidden_size=384")
+    return (
+        "stages:\n" + stages_help() + "\n\nAny TrainConfig field can be set as KEY=VALUE, "
+        "e.g. lr=3e-4 model_overrides.hidden_size=384"
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide logits of tokens already in the context")
-    p.add_argument("--frequency-penalty", type=float, default=0.3,
-                   help="subtract this per earlier occurrence in the reply (breaks loops; 0 = off)")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="divide logits of tokens already in the context"
+    )
+    p.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=0.3,
+        help="subtract this per earlier occurrence in the reply (breaks loops; 0 = off)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int)
-    p.add_argument("--rope-scaling", help="extend the context at inference: KIND:FACTOR[:TRAINED_LEN], "
-                                          "KIND in linear, ntk, yarn (e.g. yarn:4:512)")
+    p.add_argument(
+        "--rope-scaling",
+        help="extend the context at inference: KIND:FACTOR[:TRAINED_LEN], KIND in linear, ntk, yarn (e.g. yarn:4:512)",
+    )
 
 
 def _sampling(a: argparse.Namespace) -> Any:
     from .infer.generate import SamplingConfig
 
-    return SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                          top_p=a.top_p, repetition_penalty=a.repetition_penalty,
-                          frequency_penalty=a.frequency_penalty, seed=a.seed)
+    return SamplingConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        repetition_penalty=a.repetition_penalty,
+        frequency_penalty=a.frequency_penalty,
+        seed=a.seed,
+    )
 
 
 def chat_tools(value: str | None) -> list[dict] | None:
@@ -111,9 +138,19 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .config import build_train_config
     from .train.engine import train
 
-    flags = {"data": a.data, "model": a.model, "preset": a.preset, "tokenizer": a.tokenizer, "out": a.out,
-             "max_steps": a.max_steps, "max_tokens": a.max_tokens, "max_minutes": a.max_minutes, "epochs": a.epochs,
-             "resume": a.resume, "skip_invalid": a.skip_invalid}
+    flags = {
+        "data": a.data,
+        "model": a.model,
+        "preset": a.preset,
+        "tokenizer": a.tokenizer,
+        "out": a.out,
+        "max_steps": a.max_steps,
+        "max_tokens": a.max_tokens,
+        "max_minutes": a.max_minutes,
+        "epochs": a.epochs,
+        "resume": a.resume,
+        "skip_invalid": a.skip_invalid,
+    }
     train(build_train_config(a.recipe, a.stage, flags, a.overrides))
 
 
@@ -168,8 +205,13 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", help="LoRA adapter folder applied unmerged on top of --model")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False, help="let the model think first")
-    p.add_argument("--tools", nargs="?", const="all", default=None,
-                   help="let the model call tools (comma-separated names; default all: calculator,unit_convert,date_calc)")
+    p.add_argument(
+        "--tools",
+        nargs="?",
+        const="all",
+        default=None,
+        help="let the model call tools (comma-separated names; default all: calculator,unit_convert,date_calc)",
+    )
     p.add_argument("--device", default="auto")
     _sampling_args(p)
 
@@ -182,10 +224,20 @@ def cmd_chat(a: argparse.Namespace) -> None:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
-                   help="model folder to serve; repeat to serve several (the first is the default)")
-    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR[@BASE]",
-                   help="LoRA adapter served as model NAME on top of BASE (default: the first --model)")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="model folder to serve; repeat to serve several (the first is the default)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[@BASE]",
+        help="LoRA adapter served as model NAME on top of BASE (default: the first --model)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
@@ -211,21 +263,39 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", help="model folder (required unless a sub-verb is given)")
     p.add_argument("--out", help="folder for eval.json / eval.md (default: MODEL/eval)")
-    p.add_argument("--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / "
-                                   "bits per byte")
-    p.add_argument("--tasks", nargs="*", default=DEFAULT_TASKS,
-                   help=f"built-in tasks: {', '.join(BUILTIN_TASKS)}, samples (pass none: --tasks)")
-    p.add_argument("--mc", nargs="*", default=[], metavar="FILE",
-                   help="C-Eval/CMMLU/MMLU-style csv or jsonl files (question, A, B, C, D, answer)")
-    p.add_argument("--mc-dev", metavar="FILE", help="few-shot examples for --mc (default: the same file minus the item)")
+    p.add_argument(
+        "--data", help="text file (.txt, or jsonl with text or conversations) for loss / perplexity / bits per byte"
+    )
+    p.add_argument(
+        "--tasks",
+        nargs="*",
+        default=DEFAULT_TASKS,
+        help=f"built-in tasks: {', '.join(BUILTIN_TASKS)}, samples (pass none: --tasks)",
+    )
+    p.add_argument(
+        "--mc",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="C-Eval/CMMLU/MMLU-style csv or jsonl files (question, A, B, C, D, answer)",
+    )
+    p.add_argument(
+        "--mc-dev", metavar="FILE", help="few-shot examples for --mc (default: the same file minus the item)"
+    )
     p.add_argument("--shots", type=int, default=0, help="few-shot examples per --mc question")
     p.add_argument("--limit", type=int, default=300, help="questions per multiple-choice task")
     p.add_argument("--seed", type=int, default=0, help="seed for built-in task negatives and few-shot draws")
     p.add_argument("--device", default="auto")
-    p.add_argument("--context-table", type=int, metavar="TRAIN_LEN",
-                   help="with --data: perplexity at 1x/2x/4x TRAIN_LEN with no RoPE scaling, linear, NTK and YaRN")
-    p.add_argument("--rope-scaling", help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the "
-                                          "training length, e.g. yarn:4:512")
+    p.add_argument(
+        "--context-table",
+        type=int,
+        metavar="TRAIN_LEN",
+        help="with --data: perplexity at 1x/2x/4x TRAIN_LEN with no RoPE scaling, linear, NTK and YaRN",
+    )
+    p.add_argument(
+        "--rope-scaling",
+        help="KIND:FACTOR[:TRAINED_LEN] (linear, ntk, yarn) to evaluate beyond the training length, e.g. yarn:4:512",
+    )
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -238,20 +308,40 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if a.context_table:
         write_context_table(a.model, a.data, a.context_table, a.out, a.device)
         return
-    run_eval(a.model, a.out, data=a.data, tasks=a.tasks, limit=a.limit, device=a.device, mc=a.mc,
-             mc_dev=a.mc_dev, shots=a.shots, seed=a.seed, rope_scaling=a.rope_scaling)
+    run_eval(
+        a.model,
+        a.out,
+        data=a.data,
+        tasks=a.tasks,
+        limit=a.limit,
+        device=a.device,
+        mc=a.mc,
+        mc_dev=a.mc_dev,
+        shots=a.shots,
+        seed=a.seed,
+        rope_scaling=a.rope_scaling,
+    )
 
 
 def _eval_skills_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("check", choices=["reasoning", "tools", "identity"],
-                   help="reasoning: well-formed <think> blocks with thinking on, none with it off; tools: right tool, "
-                        "arguments and answer on held-out questions; identity: 'who are you' answers")
+    p.add_argument(
+        "check",
+        choices=["reasoning", "tools", "identity"],
+        help="reasoning: well-formed <think> blocks with thinking on, none with it off; tools: right tool, "
+        "arguments and answer on held-out questions; identity: 'who are you' answers",
+    )
     p.add_argument("model", help="model folder (for identity: the base model)")
     p.add_argument("--lora", help="adapter folder on top of MODEL (identity: answers with and without it)")
     p.add_argument("-n", type=int, default=50, help="questions")
-    p.add_argument("--offer", choices=["needed", "all", "none"], default="needed",
-                   help="tools check: list only the needed tool, all three, or none")
-    p.add_argument("--kind", choices=["calc", "unit", "date"], default="calc", help="tools check: which tool's questions")
+    p.add_argument(
+        "--offer",
+        choices=["needed", "all", "none"],
+        default="needed",
+        help="tools check: list only the needed tool, all three, or none",
+    )
+    p.add_argument(
+        "--kind", choices=["calc", "unit", "date"], default="calc", help="tools check: which tool's questions"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
@@ -261,19 +351,28 @@ def cmd_eval_skills(a: argparse.Namespace) -> None:
 
     from .eval.skills import run_check
 
-    print(json.dumps(run_check(a.check, a.model, a.lora, a.n, a.offer, a.kind, a.device, a.threads),
-                     ensure_ascii=False, indent=1))
+    print(
+        json.dumps(
+            run_check(a.check, a.model, a.lora, a.n, a.offer, a.kind, a.device, a.threads), ensure_ascii=False, indent=1
+        )
+    )
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a training output folder (metrics.jsonl) or a speedrun folder")
     p.add_argument("--out", help="where to write report.html / report.md (default: RUN_DIR)")
-    p.add_argument("--reference-recipe", help="compare with this built-in recipe's reference curves "
-                                               "(default: the one matching the run's preset and seq_len)")
+    p.add_argument(
+        "--reference-recipe",
+        help="compare with this built-in recipe's reference curves "
+        "(default: the one matching the run's preset and seq_len)",
+    )
     p.add_argument("--no-reference", action="store_true", help="draw no reference curves")
-    p.add_argument("--make-reference", metavar="NAME",
-                   help="instead of a report, save RUN_DIR's loss curves as reference NAME "
-                        "(sprout/eval/reference/NAME.json, or --out FILE.json)")
+    p.add_argument(
+        "--make-reference",
+        metavar="NAME",
+        help="instead of a report, save RUN_DIR's loss curves as reference NAME "
+        "(sprout/eval/reference/NAME.json, or --out FILE.json)",
+    )
     p.add_argument("--note", default="", help="with --make-reference: where the run came from")
 
 
@@ -339,8 +438,13 @@ def cmd_distill_generate(a: argparse.Namespace) -> None:
 
     model, tok = load_chat_model(a.teacher, a.lora, a.device)
     prompts = load_prompts(a.prompts, a.limit)
-    sampling = SamplingConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                              repetition_penalty=a.repetition_penalty, seed=a.seed)
+    sampling = SamplingConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        repetition_penalty=a.repetition_penalty,
+        seed=a.seed,
+    )
     generate_sft(model, tok, prompts, a.out, sampling, batch_size=a.batch_size, enable_thinking=a.think)
 
 
@@ -355,25 +459,37 @@ GROUPS: dict[str, str] = {
 
 VERBS: dict[str, Verb] = {
     "speedrun": Verb("tokenizer -> pretrain -> SFT -> eval -> report, on built-in data", _speedrun_args, cmd_speedrun),
-    "train": Verb("train one stage (pretrain, sft, lora, dpo, distill, reasoning, tools)", _train_args, cmd_train,
-                  epilog=_train_epilog),
-    "tokenizer train": Verb("train byte-level BPE on jsonl text (default: the built-in corpus)",
-                            _tokenizer_train_args, cmd_tokenizer_train),
+    "train": Verb(
+        "train one stage (pretrain, sft, lora, dpo, distill, reasoning, tools)",
+        _train_args,
+        cmd_train,
+        epilog=_train_epilog,
+    ),
+    "tokenizer train": Verb(
+        "train byte-level BPE on jsonl text (default: the built-in corpus)", _tokenizer_train_args, cmd_tokenizer_train
+    ),
     "data download": Verb("fetch a public dataset (needs network)", _data_download_args, cmd_data_download),
-    "data validate": Verb("check a data file and report malformed records as FILE:LINE", _data_validate_args,
-                          cmd_data_validate),
+    "data validate": Verb(
+        "check a data file and report malformed records as FILE:LINE", _data_validate_args, cmd_data_validate
+    ),
     "chat": Verb("chat with a model in the terminal", _chat_args, cmd_chat),
     "serve": Verb("OpenAI-compatible HTTP server + web chat page", _serve_args, cmd_serve),
-    "eval": Verb("perplexity / bits per byte, multiple-choice benchmarks, built-in tasks, samples", _eval_args,
-                 cmd_eval),
-    "eval skills": Verb("checks of the post-training stages: reasoning, tools, identity", _eval_skills_args,
-                        cmd_eval_skills),
+    "eval": Verb(
+        "perplexity / bits per byte, multiple-choice benchmarks, built-in tasks, samples", _eval_args, cmd_eval
+    ),
+    "eval skills": Verb(
+        "checks of the post-training stages: reasoning, tools, identity", _eval_skills_args, cmd_eval_skills
+    ),
     "report": Verb("HTML + markdown report with plots of a run (stage or speedrun folder)", _report_args, cmd_report),
     "bench train": Verb("training tokens/s of a preset at each precision", _bench_train_args, cmd_bench_train),
-    "export merge-lora": Verb("fold a LoRA adapter into its base model (a standalone HF folder)", _merge_lora_args,
-                              cmd_merge_lora),
-    "distill generate": Verb("a teacher answers prompts; writes an SFT jsonl for `sprout train sft`",
-                             _distill_generate_args, cmd_distill_generate),
+    "export merge-lora": Verb(
+        "fold a LoRA adapter into its base model (a standalone HF folder)", _merge_lora_args, cmd_merge_lora
+    ),
+    "distill generate": Verb(
+        "a teacher answers prompts; writes an SFT jsonl for `sprout train sft`",
+        _distill_generate_args,
+        cmd_distill_generate,
+    ),
 }
 
 
@@ -386,8 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     def sub_action(key: str) -> Any:
         if key not in subs:
             required = key not in VERBS  # a pure group needs a sub-verb; a verb with sub-verbs does not
-            subs[key] = parsers[key].add_subparsers(dest=f"verb_{key.count(' ') + 1 if key else 0}",
-                                                     required=required, metavar="VERB" if required and key else None)
+            subs[key] = parsers[key].add_subparsers(
+                dest=f"verb_{key.count(' ') + 1 if key else 0}",
+                required=required,
+                metavar="VERB" if required and key else None,
+            )
         return subs[key]
 
     def parser_for(key: str) -> argparse.ArgumentParser:
@@ -396,9 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
             parser_for(parent)
             v = VERBS.get(key)
             help_ = v.help if v else GROUPS[key]
-            p = sub_action(parent).add_parser(word, help=help_, description=help_,
-                                              epilog=v.epilog() if v and v.epilog else None,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+            p = sub_action(parent).add_parser(
+                word,
+                help=help_,
+                description=help_,
+                epilog=v.epilog() if v and v.epilog else None,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             parsers[key] = p
             if v is not None:
                 v.args(p)

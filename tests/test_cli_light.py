@@ -1,4 +1,5 @@
 """`sprout --help`, `sprout VERB --help` and argument errors answer without importing the heavy libraries."""
+
 import subprocess
 import sys
 
@@ -21,22 +22,41 @@ sys.exit(code)
 
 
 def _run(args: list[str]) -> tuple[int, str, str]:
-    r = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, timeout=120
+    )
     heavy = r.stdout.strip().splitlines()[-1]
     assert heavy.startswith("HEAVY:"), r.stdout + r.stderr
     return r.returncode, heavy.removeprefix("HEAVY:"), r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["eval", "skills", "--help"], ["serve", "--help"],
-                                  ["report", "--help"], ["export", "merge-lora", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["eval", "skills", "--help"],
+        ["serve", "--help"],
+        ["report", "--help"],
+        ["export", "merge-lora", "--help"],
+    ],
+)
 def test_help_imports_no_heavy_library(args):
     code, heavy, out = _run(args)
     assert code == 0 and heavy == "", (heavy, out)
 
 
-@pytest.mark.parametrize("args", [["train", "no-such-stage"], ["chat"], ["eval"], ["tokenizer"],
-                                  ["data", "validate", "x.jsonl", "--kind", "nope"], ["chat", "--model", "M", "lr=1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "no-such-stage"],
+        ["chat"],
+        ["eval"],
+        ["tokenizer"],
+        ["data", "validate", "x.jsonl", "--kind", "nope"],
+        ["chat", "--model", "M", "lr=1"],
+    ],
+)
 def test_argument_errors_exit_2_without_heavy_imports(args):
     code, heavy, out = _run(args)
     assert code == 2 and heavy == "", (heavy, out)
@@ -69,10 +89,13 @@ def test_every_verb_and_group_is_reachable():
             words += ["RUN"]
         elif key == "train":
             words += ["sft"]
-        required = {"chat": ["--model", "M"], "serve": ["--model", "M"],
-                    "export merge-lora": ["--model", "M", "--lora", "L", "--out", "O"],
-                    "distill generate": ["--teacher", "T", "--prompts", "P", "--out", "O"],
-                    "tokenizer train": ["--out", "O"]}.get(key, [])
+        required = {
+            "chat": ["--model", "M"],
+            "serve": ["--model", "M"],
+            "export merge-lora": ["--model", "M", "--lora", "L", "--out", "O"],
+            "distill generate": ["--teacher", "T", "--prompts", "P", "--out", "O"],
+            "tokenizer train": ["--out", "O"],
+        }.get(key, [])
         a = parser.parse_args(words + required)
         assert a.run is VERBS[key].run, key
     assert all(any(k.startswith(g + " ") for k in VERBS) for g in GROUPS)

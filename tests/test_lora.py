@@ -114,5 +114,6 @@ def test_post_training_cli_commands(tmp_path):
           "--out", str(tmp_path / "merged")])
     assert (tmp_path / "merged" / "model.safetensors").exists()
     c = build_parser().parse_args(["chat", "--model", "M", "--lora", "X", "--tools"])
-    assert c.lora == "X" and [t["function"]["name"] for t in chat_tools(c.tools)] == ["calculator", "unit_convert", "date_calc"]
+    assert c.lora == "X"
+    assert [t["function"]["name"] for t in chat_tools(c.tools)] == ["calculator", "unit_convert", "date_calc"]
     assert chat_tools(build_parser().parse_args(["chat", "--model", "M"]).tools) is None

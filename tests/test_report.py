@@ -157,8 +157,9 @@ def test_report_sections_come_from_the_objectives_own_description(tmp_path):
 
     run = tmp_path / "post"
     for stage in ("tools", "reasoning"):  # tools first: alphabetical order would put it last
-        train(TrainConfig(stage=stage, preset="tiny", out=str(run / stage), max_steps=3, seq_len=1024 if stage == "tools" else 128, batch_size=2,
-                          log_every=1, eval_every=0, save_every=0, val_fraction=0.1,
+        seq_len = 1024 if stage == "tools" else 128  # a tools conversation lists the tools: ~500 tokens
+        train(TrainConfig(stage=stage, preset="tiny", out=str(run / stage), max_steps=3, seq_len=seq_len,
+                          batch_size=2, log_every=1, eval_every=0, save_every=0, val_fraction=0.1,
                           objective_args={"n": 40, "tag_weight": 3.0}))
     assert list(find_stages(run)) == ["tools", "reasoning"]
     html_path, md_path = build_report(run, reference=False)

@@ -19,6 +19,7 @@ import html
 import json
 import math
 import re
+from collections.abc import Container
 from pathlib import Path
 
 import matplotlib
@@ -322,7 +323,7 @@ def health_notes(train: list[dict], val: list[dict], ref: tuple[str, dict] | Non
     """(level, message) pairs: level is ok / warn / bad. `lm`: the loss is a language-model
     cross-entropy that must fall (not so for DPO / RL objectives)."""
     notes: list[tuple[str, str]] = []
-    losses = [r.get("loss") for r in train if "loss" in r]
+    losses = [r["loss"] for r in train if "loss" in r]
     if any(not (isinstance(v, (int, float)) and math.isfinite(v)) for v in losses):
         notes.append(("bad", "the training loss became NaN or infinite"))
         return notes
@@ -369,8 +370,8 @@ def health_notes(train: list[dict], val: list[dict], ref: tuple[str, dict] | Non
 # ---- page building ----------------------------------------------------------------------------------------
 
 CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC","PingFang SC","WenQuanYi Zen Hei",sans-serif;max-width:1120px;
-margin:24px auto;padding:0 16px;color:#222;line-height:1.45}
+body{font-family:-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC","PingFang SC","WenQuanYi Zen Hei",sans-serif;
+max-width:1120px;margin:24px auto;padding:0 16px;color:#222;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #08519c;padding-bottom:4px}
 h2{font-size:1.3em;margin-top:1.8em;border-bottom:1px solid #ddd}
 h3{font-size:1.08em;margin-top:1.3em}
@@ -406,7 +407,7 @@ class _Page:
         self.h.append(f"<p class=\"{cls}\">{html.escape(text)}</p>" if cls else f"<p>{html.escape(text)}</p>")
         self.md += [text, ""]
 
-    def table(self, header: list[str], rows: list[list], num_cols: set[int] = frozenset()) -> None:
+    def table(self, header: list[str], rows: list[list], num_cols: Container[int] = frozenset()) -> None:
         h = ["<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>"]
         for r in rows:
             h.append("<tr>" + "".join(f"<td class=\"num\">{html.escape(str(c))}</td>" if i in num_cols else
@@ -542,7 +543,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
         metas = read_data_meta(folder)
         if metas:
             page.heading("Data", 3)
-            page.table(["kind", "source", "train tokens", "train docs", "val tokens", "val docs", "skipped / truncated"],
+            header = ["kind", "source", "train tokens", "train docs", "val tokens", "val docs", "skipped / truncated"]
+            page.table(header,
                        [_data_row(m) for m in metas], {2, 3, 4, 5})
         if (folder / "config.yaml").exists():
             page.pre((folder / "config.yaml").read_text(), f"config.yaml ({name})")

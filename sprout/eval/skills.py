@@ -81,7 +81,7 @@ def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "need
 
     items = tool_eval_questions(n, kind=kind)
     called = right_args = correct = 0
-    samples = []
+    samples: list[dict[str, Any]] = []
     for it in items:
         tools = {"needed": tool_specs([it["name"]]), "all": tool_specs(), "none": None}[offered]
         session = _ask(model, tok, it["question"], tools, max_new)

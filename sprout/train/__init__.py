@@ -2,13 +2,20 @@
 
 Names resolve on first use (PEP 562), so `import sprout.train.stages` (the CLI's stage list) stays torch-free.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-_EXPORTS = {"train": ".engine", "OBJECTIVES": ".objectives", "Objective": ".objectives",
-            "build_objective": ".objectives", "get_objective": ".objectives", "register": ".objectives"}
+_EXPORTS = {
+    "train": ".engine",
+    "OBJECTIVES": ".objectives",
+    "Objective": ".objectives",
+    "build_objective": ".objectives",
+    "get_objective": ".objectives",
+    "register": ".objectives",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -12,6 +12,7 @@
 
 `Run` holds what setup builds once, `RunState` what changes per step (and what a checkpoint stores).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -107,7 +109,7 @@ class Budget:
     epochs: float | None
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "Budget":
+    def from_config(cls, cfg: TrainConfig) -> Budget:
         b = cls(cfg.max_steps, cfg.max_tokens, cfg.max_minutes, cfg.epochs)
         if not any((b.max_steps, b.max_tokens, b.max_minutes, b.epochs)):
             b.epochs = 1.0  # no budget given: one pass over the data
@@ -180,7 +182,7 @@ class _StopFlag:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -197,6 +199,11 @@ class _StopFlag:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+def _len(ds: Dataset) -> int:
+    """Size of a map-style dataset (they all have __len__; torch's Dataset type does not declare it)."""
+    return len(cast(Sized, ds))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -216,11 +223,11 @@ def evaluate(model: nn.Module, objective: Objective, val: Dataset, cfg: TrainCon
     """Mean loss over the first eval_batches batches of the val set (always the same ones)."""
     model.eval()
     bs = cfg.batch_size
-    n_batches = max(1, min(cfg.eval_batches, math.ceil(len(val) / bs)))
+    n_batches = max(1, min(cfg.eval_batches, math.ceil(_len(val) / bs)))
     losses: list[float] = []
     sums: dict[str, float] = {}
     for b in range(n_batches):
-        items = [val[i] for i in range(b * bs, min((b + 1) * bs, len(val)))]
+        items = [val[i] for i in range(b * bs, min((b + 1) * bs, _len(val)))]
         batch = move_batch(objective.collate(items), device)
         with precision.autocast():
             loss, metrics = objective.loss(model, batch)
@@ -333,7 +340,7 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
     """Set up; until a budget is reached or Ctrl-C: one optimizer step, log, evaluate, checkpoint on their
     intervals; then a last evaluation, checkpoint and the saved model (or, when stopped, just the checkpoint)."""
     run, st = setup(cfg, out, dinfo)
-    with run.display, _StopFlag() as stop, (run.log if run.log is not None else contextlib.nullcontext()):
+    with run.display, _StopFlag() as stop, run.log if run.log is not None else contextlib.nullcontext():
         announce(run, st)
         st.t_start = st.window.t = time.perf_counter()
         st.lr = cfg.lr * run.schedule.factor(0.0, st.step)
@@ -378,9 +385,10 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     objective.setup(model, device)
     train_ds, val_ds = _datasets(objective, tokenizer, dinfo)
 
-    sampler = ResumableSampler(len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, device,
-                                objective.trainable_parameters(model))
+    sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
+    optimizer = build_optimizer(
+        model, cfg.lr, cfg.weight_decay, cfg.betas, device, objective.trainable_parameters(model)
+    )
     scaler = precision.make_scaler()
     budget = Budget.from_config(cfg)
     nominal_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dinfo.world
@@ -394,23 +402,55 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
 
     if cfg.compile and device.type == "cuda":
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
-        model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
+        model.forward = torch.compile(model.forward)
     loss_module = _loss_module(model, objective, dinfo, device)
     loader = DataLoader(
-        train_ds, batch_sampler=_BatchSampler(sampler, st.cursor), collate_fn=objective.collate,
-        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        train_ds,
+        batch_sampler=_BatchSampler(sampler, st.cursor),
+        collate_fn=objective.collate,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG
     )
     batches = iter(loader)
     if saved_rng is not None:
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
 
-    log = MetricsLog(out, cfg.trackers, json.loads(json.dumps(dataclasses.asdict(cfg))),
-                     resume_step=st.step if resume_from is not None else None) if dinfo.main else None
-    run = Run(cfg, out, dinfo, device, precision, objective, tokenizer, model, loss_module, optimizer,
-              [p for g in optimizer.param_groups for p in g["params"]], scaler, train_ds, val_ds, sampler, batches,
-              budget, schedule, est_total_steps, nominal_step_tokens, resume_from, log,
-              ProgressDisplay(dinfo.main, cfg.log_every))
+    log = (
+        MetricsLog(
+            out,
+            cfg.trackers,
+            json.loads(json.dumps(dataclasses.asdict(cfg))),
+            resume_step=st.step if resume_from is not None else None,
+        )
+        if dinfo.main
+        else None
+    )
+    run = Run(
+        cfg,
+        out,
+        dinfo,
+        device,
+        precision,
+        objective,
+        tokenizer,
+        model,
+        loss_module,
+        optimizer,
+        [p for g in optimizer.param_groups for p in g["params"]],
+        scaler,
+        train_ds,
+        val_ds,
+        sampler,
+        batches,
+        budget,
+        schedule,
+        est_total_steps,
+        nominal_step_tokens,
+        resume_from,
+        log,
+        ProgressDisplay(dinfo.main, cfg.log_every),
+    )
     return run, st
 
 
@@ -430,7 +470,7 @@ def _datasets(objective: Objective, tokenizer: Any, dinfo: DistInfo) -> tuple[Da
     train_ds, val_ds = objective.datasets(tokenizer)
     if dinfo.enabled and dinfo.main:
         dist.barrier()
-    if val_ds is not None and len(val_ds) == 0:  # type: ignore[arg-type]
+    if val_ds is not None and _len(val_ds) == 0:
         val_ds = None
     return train_ds, val_ds
 
@@ -438,16 +478,21 @@ def _datasets(objective: Objective, tokenizer: Any, dinfo: DistInfo) -> tuple[Da
 def _estimate_total_steps(budget: Budget, step_tokens: int, batches_per_epoch: int, grad_accum: int) -> float | None:
     """Steps the run will take by the tightest of the step, token and epoch budgets (a time budget has no
     estimate); the LR schedule and the progress display use it."""
-    estimates = [x for x in (
-        budget.max_steps,
-        budget.max_tokens / step_tokens if budget.max_tokens else None,
-        budget.epochs * batches_per_epoch / grad_accum if budget.epochs else None,
-    ) if x]
+    estimates = [
+        x
+        for x in (
+            budget.max_steps,
+            budget.max_tokens / step_tokens if budget.max_tokens else None,
+            budget.epochs * batches_per_epoch / grad_accum if budget.epochs else None,
+        )
+        if x
+    ]
     return min(estimates) if estimates else None
 
 
-def _restore(path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-             objective: Objective) -> dict[str, Any]:
+def _restore(
+    path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, objective: Objective
+) -> dict[str, Any]:
     """Load weights, optimizer, scaler and objective state into place and the counters into `st`; return the
     saved RNG streams (applied last by `setup`)."""
     saved = load_checkpoint(path, model, optimizer)
@@ -465,8 +510,8 @@ def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device
     module: nn.Module = _ObjectiveModule(model, objective)
     if dinfo.enabled:
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
+            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
     return module
 
 
@@ -475,10 +520,10 @@ def announce(run: Run, st: RunState) -> None:
     n_train = sum(p.numel() for p in run.params)
     if run.resumed_from is not None:
         run.display.print(f"resumed from {run.resumed_from} at step {st.step}")
-    n_val = len(run.val_ds) if run.val_ds is not None else 0  # type: ignore[arg-type]
+    n_val = _len(run.val_ds) if run.val_ds is not None else 0
     run.display.print(
         f"{run.cfg.stage}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained) on {run.device} "
-        f"[{run.precision.name}], {len(run.train_ds):,} train / {n_val:,} val "  # type: ignore[arg-type]
+        f"[{run.precision.name}], {_len(run.train_ds):,} train / {n_val:,} val "
         f"examples, budget {run.budget.describe()}"
         + (f" ~{run.est_total_steps:,.0f} steps" if run.est_total_steps else "")
     )
@@ -503,8 +548,9 @@ def set_lr(run: Run, st: RunState) -> None:
     """lr for this step: budget progress as it will be once this step is done."""
     cfg = run.cfg
     epochs_next = run.sampler.epochs_done(st.cursor) + cfg.grad_accum / run.sampler.batches_per_epoch
-    progress = run.budget.progress(st.step + 1, st.tokens + run.nominal_step_tokens, _elapsed_for_decisions(run, st),
-                                   epochs_next)
+    progress = run.budget.progress(
+        st.step + 1, st.tokens + run.nominal_step_tokens, _elapsed_for_decisions(run, st), epochs_next
+    )
     st.lr = cfg.lr * run.schedule.factor(progress, st.step)
     for g in run.optimizer.param_groups:
         g["lr"] = st.lr
@@ -540,8 +586,9 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
         batch = move_batch(batch, run.device)
         last_micro = k == cfg.grad_accum - 1
         # DDP all-reduces gradients on every backward unless told not to: only the last micro-step syncs.
-        sync = run.loss_module.no_sync() if run.dinfo.enabled and not last_micro else contextlib.nullcontext()
-        with sync:  # type: ignore[attr-defined]
+        ddp = cast(nn.parallel.DistributedDataParallel, run.loss_module)
+        sync = ddp.no_sync() if run.dinfo.enabled and not last_micro else contextlib.nullcontext()
+        with sync:
             with run.precision.autocast():
                 loss, metrics = run.loss_module(batch)
             scaled = loss / cfg.grad_accum
@@ -549,12 +596,14 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
         loss_sum += loss.detach().float()
         for name, v in metrics.items():
             step_metrics[name] = step_metrics.get(name, 0.0) + (
-                v.detach().float() if isinstance(v, torch.Tensor) else float(v))
+                v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            )
     return loss_sum, step_tokens, step_metrics
 
 
-def agree_across_ranks(run: Run, st: RunState, loss_sum: torch.Tensor, step_tokens: int,
-                       stop: _StopFlag) -> tuple[bool, int]:
+def agree_across_ranks(
+    run: Run, st: RunState, loss_sum: torch.Tensor, step_tokens: int, stop: _StopFlag
+) -> tuple[bool, int]:
     """One collective per step keeps every rank agreeing on tokens, NaN skips, time and Ctrl-C.
     Returns (some rank's loss was non-finite, tokens of all ranks)."""
     nonfinite = float(not torch.isfinite(loss_sum).item())
@@ -615,9 +664,16 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
     run.display.update(st.step, total, progress, st.smooth, st.lr, tok_s)
     if run.log is not None and st.step % max(1, run.cfg.log_every) == 0:
         micro = w.n * run.cfg.grad_accum
-        record = {"step": st.step, "tokens": st.tokens, "loss": w.loss / w.n, "lr": st.lr,
-                  "grad_norm": _to_float(w.grad_norm) / w.n, "tokens_per_s": tok_s,
-                  "elapsed_s": round(elapsed, 3), "epoch": round(run.sampler.epochs_done(st.cursor), 4)}
+        record = {
+            "step": st.step,
+            "tokens": st.tokens,
+            "loss": w.loss / w.n,
+            "lr": st.lr,
+            "grad_norm": _to_float(w.grad_norm) / w.n,
+            "tokens_per_s": tok_s,
+            "elapsed_s": round(elapsed, 3),
+            "epoch": round(run.sampler.epochs_done(st.cursor), 4),
+        }
         record.update({k: _to_float(v) / micro for k, v in w.metrics.items()})
         run.log.log(record)
         st.window = LogWindow(t=now)
@@ -626,8 +682,8 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
 
 def evaluate_and_log(run: Run, st: RunState) -> None:
     """Validation loss on rank 0 (the other ranks only note that this step was evaluated)."""
-    if run.dinfo.main:
-        result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)  # type: ignore[arg-type]
+    if run.dinfo.main and run.val_ds is not None:
+        result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)
         _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
     st.last_eval_step = st.step
 
@@ -637,9 +693,14 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
     path = None
     if run.dinfo.main:
         state = {
-            "step": st.step, "tokens": st.tokens, "elapsed_s": st.elapsed(), "cursor": list(st.cursor), "lr": st.lr,
+            "step": st.step,
+            "tokens": st.tokens,
+            "elapsed_s": st.elapsed(),
+            "cursor": list(st.cursor),
+            "lr": st.lr,
             "scaler": run.scaler.state_dict() if run.scaler is not None else {},
-            "objective": run.objective.state_dict(), "rng": rng_state(),
+            "objective": run.objective.state_dict(),
+            "rng": rng_state(),
             "config": json.loads(json.dumps(dataclasses.asdict(run.cfg))),
         }
         path = save_checkpoint(run.ckpt_root, st.step, run.model, run.optimizer, state)
@@ -652,8 +713,10 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
 def interrupted(run: Run, st: RunState) -> Path:
     """Ctrl-C: checkpoint (unless this step is saved already) and say how to resume."""
     path = checkpoint(run, st) if st.last_save_step != st.step else latest_checkpoint(run.ckpt_root)
-    run.display.print(f"interrupted at step {st.step}; checkpoint in {path}. Resume with the same command plus "
-                      f"--resume (resume=true).")
+    run.display.print(
+        f"interrupted at step {st.step}; checkpoint in {path}. Resume with the same command plus "
+        f"--resume (resume=true)."
+    )
     return path if path is not None else run.ckpt_root
 
 
@@ -665,8 +728,9 @@ def finish(run: Run, st: RunState) -> Path:
         checkpoint(run, st)
     if run.dinfo.main:
         run.objective.save(run.model, run.tokenizer, run.out)
-        run.display.print(f"done: {st.step} steps, {st.tokens:,} tokens in {format_duration(st.elapsed())}; "
-                          f"model saved to {run.out}")
+        run.display.print(
+            f"done: {st.step} steps, {st.tokens:,} tokens in {format_duration(st.elapsed())}; model saved to {run.out}"
+        )
     if run.dinfo.enabled:
         dist.barrier()
     return run.out
@@ -683,8 +747,9 @@ def _write_description(objective: Objective, out: Path, keep_started: bool) -> N
     path.write_text(json.dumps({**objective.describe(), "started": started}, ensure_ascii=False, indent=1) + "\n")
 
 
-def _log_eval(log: MetricsLog | None, display: ProgressDisplay, result: dict, step: int, tokens: int,
-              elapsed: float) -> None:
+def _log_eval(
+    log: MetricsLog | None, display: ProgressDisplay, result: dict, step: int, tokens: int, elapsed: float
+) -> None:
     display.print(f"step {step}: val_loss {result['val_loss']:.4f}  val_ppl {result['val_ppl']:.2f}")
     if log is not None:
         log.log({"step": step, "split": "val", "tokens": tokens, "elapsed_s": round(elapsed, 3), **result})

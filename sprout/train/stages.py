@@ -3,6 +3,7 @@
 Each stage maps to the module under sprout/train/objectives/ whose `@register`ed Objective carries that
 name, plus a one-line summary. A new stage is one line here and one Objective class there.
 """
+
 from __future__ import annotations
 
 STAGES: dict[str, tuple[str, str]] = {

@@ -28,7 +28,7 @@ class CausalLMObjective(Objective):
     """Shared loss: mean CE over labelled positions, plus `model_losses` (MTP on the same labels, MoE balance)."""
 
     lm_loss = True
-    plot_metrics = ("ce", "aux_loss")
+    plot_metrics: tuple[str, ...] = ("ce", "aux_loss")
 
     data_kind = ""  # record kind for sprout.data readers and built-in data
 
