@@ -416,42 +416,39 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     if saved_rng is not None:
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
 
-    log = (
-        MetricsLog(
-            out,
-            cfg.trackers,
-            json.loads(json.dumps(dataclasses.asdict(cfg))),
-            resume_step=st.step if resume_from is not None else None,
-        )
-        if dinfo.main
-        else None
-    )
     run = Run(
-        cfg,
-        out,
-        dinfo,
-        device,
-        precision,
-        objective,
-        tokenizer,
-        model,
-        loss_module,
-        optimizer,
-        [p for g in optimizer.param_groups for p in g["params"]],
-        scaler,
-        train_ds,
-        val_ds,
-        sampler,
-        batches,
-        budget,
-        schedule,
-        est_total_steps,
-        nominal_step_tokens,
-        resume_from,
-        log,
-        ProgressDisplay(dinfo.main, cfg.log_every),
+        cfg=cfg,
+        out=out,
+        dinfo=dinfo,
+        device=device,
+        precision=precision,
+        objective=objective,
+        tokenizer=tokenizer,
+        model=model,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        params=[p for g in optimizer.param_groups for p in g["params"]],
+        scaler=scaler,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        sampler=sampler,
+        batches=batches,
+        budget=budget,
+        schedule=schedule,
+        est_total_steps=est_total_steps,
+        nominal_step_tokens=nominal_step_tokens,
+        resumed_from=resume_from,
+        log=_metrics_log(cfg, out, dinfo, st.step if resume_from is not None else None),
+        display=ProgressDisplay(dinfo.main, cfg.log_every),
     )
     return run, st
+
+
+def _metrics_log(cfg: TrainConfig, out: Path, dinfo: DistInfo, resume_step: int | None) -> MetricsLog | None:
+    """metrics.jsonl (+ trackers) on rank 0; on resume it drops records past the checkpoint's step."""
+    if not dinfo.main:
+        return None
+    return MetricsLog(out, cfg.trackers, json.loads(json.dumps(dataclasses.asdict(cfg))), resume_step=resume_step)
 
 
 def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:

@@ -1,0 +1,34 @@
+"""Run under torchrun by tests/test_engine_ddp.py: the synthetic engine task on 2 gloo ranks.
+
+Each rank appends the checksum of its weights after every optimizer step to OUT/rank{RANK}.jsonl,
+so the test can check that the ranks took the same steps and kept identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_engine import SyntheticObjective, make_cfg  # noqa: E402
+
+from sprout.train import register, train  # noqa: E402
+
+
+@register
+class ProbeObjective(SyntheticObjective):
+    name = "ddp-probe-test"
+
+    def on_optimizer_step(self, model) -> None:
+        total = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+        with open(Path(self.cfg.out) / f"rank{os.environ['RANK']}.jsonl", "a") as f:
+            f.write(json.dumps({"checksum": total}) + "\n")
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    budget = json.loads(sys.argv[2])
+    train(make_cfg(out, stage="ddp-probe-test", eval_every=3, save_every=3, **budget))
