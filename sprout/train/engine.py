@@ -507,8 +507,12 @@ def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device
     module: nn.Module = _ObjectiveModule(model, objective)
     if dinfo.enabled:
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )  # RoPE constants; MoE router biases move alike on all ranks (on_optimizer_step)
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Buffers are not re-broadcast before each forward: RoPE tables are constants and MoE router biases
+            # move alike on all ranks (on_optimizer_step). They are synced once here, when they are equal anyway.
+            forward_sync_buffers=False,
+        )
     return module
 
 
