@@ -460,7 +460,7 @@ GROUPS: dict[str, str] = {
 VERBS: dict[str, Verb] = {
     "speedrun": Verb("tokenizer -> pretrain -> SFT -> eval -> report, on built-in data", _speedrun_args, cmd_speedrun),
     "train": Verb(
-        "train one stage (pretrain, sft, lora, dpo, distill, reasoning, tools)",
+        "train one stage (`sprout train --help` lists them)",
         _train_args,
         cmd_train,
         epilog=_train_epilog,
