@@ -376,13 +376,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         out.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, out)
 
-    objective = build_objective(cfg)
-    if dinfo.main:
-        _write_description(objective, out, keep_started=cfg.resume)
-    tokenizer = objective.load_tokenizer()
-    model = objective.build_model(tokenizer).to(device)
-    model.train()
-    objective.setup(model, device)
+    objective, tokenizer, model = _build_model(cfg, out, dinfo, device)
     train_ds, val_ds = _datasets(objective, tokenizer, dinfo)
 
     sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
@@ -404,15 +398,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
         model.forward = torch.compile(model.forward)
     loss_module = _loss_module(model, objective, dinfo, device)
-    loader = DataLoader(
-        train_ds,
-        batch_sampler=_BatchSampler(sampler, st.cursor),
-        collate_fn=objective.collate,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG
-    )
-    batches = iter(loader)
+    batches = _batches(cfg, train_ds, sampler, st.cursor, objective, device)
     if saved_rng is not None:
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
 
@@ -442,6 +428,40 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         display=ProgressDisplay(dinfo.main, cfg.log_every),
     )
     return run, st
+
+
+def _build_model(
+    cfg: TrainConfig, out: Path, dinfo: DistInfo, device: torch.device
+) -> tuple[Objective, Any, nn.Module]:
+    """The stage's objective (its self-description saved beside the run), tokenizer and model on the device."""
+    objective = build_objective(cfg)
+    if dinfo.main:
+        _write_description(objective, out, keep_started=cfg.resume)
+    tokenizer = objective.load_tokenizer()
+    model = objective.build_model(tokenizer).to(device)
+    model.train()
+    objective.setup(model, device)
+    return objective, tokenizer, model
+
+
+def _batches(
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    sampler: ResumableSampler,
+    cursor: tuple[int, int],
+    objective: Objective,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
+    """Training batches from `cursor` on, forever (the budget ends the loop), collated by the objective."""
+    loader = DataLoader(
+        train_ds,
+        batch_sampler=_BatchSampler(sampler, cursor),
+        collate_fn=objective.collate,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG
+    )
+    return iter(loader)
 
 
 def _metrics_log(cfg: TrainConfig, out: Path, dinfo: DistInfo, resume_step: int | None) -> MetricsLog | None:
