@@ -42,6 +42,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", help="training data: a .jsonl/.parquet file or a folder of shards (default: built-in data)"
     )
+    p.add_argument("--data-dir", help="your data in MiniMind's layout: --data becomes the stage's file (docs/data.md)")
     p.add_argument("--model", help="start from this model folder (default: a fresh model of --preset)")
     p.add_argument(
         "--preset",
@@ -124,20 +125,39 @@ def chat_tools(value: str | None) -> list[dict] | None:
 def _speedrun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/speedrun")
     p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
-    p.add_argument("--data-dir", help="folder with MiniMind's pretrain_hq.jsonl and sft_mini_512.jsonl (GPU recipes)")
+    p.add_argument(
+        "--data-dir",
+        help="your data in MiniMind's layout: pretrain_hq.jsonl, sft_*.jsonl, ... "
+        "(see docs/data.md); the tokenizer is trained on its pretraining text",
+    )
+    p.add_argument("--tokenizer", help="use this tokenizer folder as it is (e.g. MiniMind's) instead of training one")
     p.add_argument("--minutes", type=float, help="total training minutes (default from the recipe)")
+    p.add_argument("--max-steps", type=int, help="step limit for each training stage (a quick trial run)")
+    p.add_argument("--eval-questions", type=int, help="questions per answer-selection task (default from the recipe)")
 
 
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from .speedrun import speedrun
 
-    speedrun(out=Path(a.out), recipe=a.recipe, data_dir=a.data_dir, minutes=a.minutes)
+    speedrun(
+        out=Path(a.out),
+        recipe=a.recipe,
+        data_dir=a.data_dir,
+        minutes=a.minutes,
+        tokenizer=a.tokenizer,
+        max_steps=a.max_steps,
+        eval_questions=a.eval_questions,
+    )
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import build_train_config
     from .train.engine import train
 
+    if a.data_dir and not a.data:
+        from .data.data_dir import require, stage_files
+
+        a.data = str(require(stage_files(a.data_dir), a.data_dir, (a.stage,))[a.stage])
     flags = {
         "data": a.data,
         "model": a.model,
@@ -448,12 +468,95 @@ def cmd_distill_generate(a: argparse.Namespace) -> None:
     generate_sft(model, tok, prompts, a.out, sampling, batch_size=a.batch_size, enable_thinking=a.think)
 
 
+def _eval_harness_args(p: argparse.ArgumentParser) -> None:
+    from .eval.harness import LOCAL_TASKS
+
+    p.add_argument("--model", required=True, help="model folder (loaded by lm-eval's stock hf model)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(LOCAL_TASKS),
+        help=f"lm-eval task names; local: {', '.join(LOCAL_TASKS)} (default); e.g. ceval-valid cmmlu "
+        "arc_easy hellaswag piqa openbookqa social_iqa need their data sets",
+    )
+    p.add_argument("--out", help="folder for harness.json / harness.md (default: MODEL/eval)")
+    p.add_argument("--limit", type=int, help="at most this many examples per task")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, mps")
+
+
+def cmd_eval_harness(a: argparse.Namespace) -> None:
+    from .eval.harness import run_harness
+
+    run_harness(a.model, a.tasks, a.out, a.limit, a.batch_size, a.device, a.num_fewshot)
+
+
+# ---- import ---------------------------------------------------------------------------------------------------
+def _import_minimind_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the .pth MiniMind's trainers save (fp16 state dict)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--tokenizer", help="MiniMind's tokenizer folder (tokenizer.json + tokenizer_config.json)")
+    p.add_argument("--heads", type=int, help="attention heads, MiniMind2 only (default 8)")
+    p.add_argument("--rms-norm-eps", type=float, help="default: 1e-5 (MiniMind2), 1e-6 (minimind-3)")
+    p.add_argument("--rope-theta", type=float, default=1e6)
+    p.add_argument("--experts-per-token", type=int, help="MoE top-k; default: 2 (MiniMind2), 1 (minimind-3)")
+    p.add_argument("--max-position-embeddings", type=int, default=32768)
+
+
+def cmd_import_minimind(a: argparse.Namespace) -> None:
+    from .models.minimind import ImportOptions, import_minimind
+
+    opt = ImportOptions(
+        num_attention_heads=a.heads,
+        rms_norm_eps=a.rms_norm_eps,
+        rope_theta=a.rope_theta,
+        experts_per_token=a.experts_per_token,
+        max_position_embeddings=a.max_position_embeddings,
+    )
+    import_minimind(a.file, a.out, a.tokenizer, opt)
+
+
+# ---- export gguf / ollama -----------------------------------------------------------------------------------
+def _gguf_args(p: argparse.ArgumentParser, out_help: str, default_dtype: str) -> None:
+    from .export.dtypes import DTYPES
+
+    p.add_argument("--model", required=True, help="model folder, or a LoRA adapter folder (merged into its base)")
+    p.add_argument("--lora", help="LoRA adapter folder to merge into --model first")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--dtype", default=default_dtype, choices=DTYPES, help=f"weight type (default {default_dtype})")
+
+
+def _export_gguf_args(p: argparse.ArgumentParser) -> None:
+    _gguf_args(p, "FILE.gguf", "f16")
+
+
+def cmd_export_gguf(a: argparse.Namespace) -> None:
+    from .export.gguf_export import export_gguf
+
+    out = export_gguf(a.model, a.out, a.dtype, a.lora)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); run it with llama.cpp: llama-cli -m {out}")
+
+
+def _export_ollama_args(p: argparse.ArgumentParser) -> None:
+    _gguf_args(p, "a folder (model.gguf + Modelfile)", "q8_0")
+    p.add_argument("--name", help="model name for `ollama create` (default: the folder's name)")
+
+
+def cmd_export_ollama(a: argparse.Namespace) -> None:
+    from .export.ollama import export_ollama
+
+    path, commands = export_ollama(a.model, a.out, a.dtype, a.lora, a.name)
+    print(f"wrote {path} and {path.parent / 'model.gguf'}; then:\n{commands}")
+
+
 # ---- the table ------------------------------------------------------------------------------------------------
 GROUPS: dict[str, str] = {
     "tokenizer": "train a BPE tokenizer",
     "data": "datasets: download, validate",
     "bench": "benchmarks (training throughput; serving: benchmarks/serve_bench.py)",
-    "export": "export models: merge a LoRA adapter",
+    "export": "export models: merge a LoRA adapter, GGUF (llama.cpp), Ollama",
+    "import": "bring another project's checkpoint in as a standard folder",
     "distill": "black-box distillation data: a teacher answers prompts (white-box KD is `sprout train distill`)",
 }
 
@@ -480,10 +583,22 @@ VERBS: dict[str, Verb] = {
     "eval skills": Verb(
         "checks of the post-training stages: reasoning, tools, identity", _eval_skills_args, cmd_eval_skills
     ),
+    "eval harness": Verb(
+        "lm-evaluation-harness on a model folder (local tasks work offline)", _eval_harness_args, cmd_eval_harness
+    ),
     "report": Verb("HTML + markdown report with plots of a run (stage or speedrun folder)", _report_args, cmd_report),
     "bench train": Verb("training tokens/s of a preset at each precision", _bench_train_args, cmd_bench_train),
     "export merge-lora": Verb(
         "fold a LoRA adapter into its base model (a standalone HF folder)", _merge_lora_args, cmd_merge_lora
+    ),
+    "export gguf": Verb("write FILE.gguf for llama.cpp", _export_gguf_args, cmd_export_gguf),
+    "export ollama": Verb(
+        "write a folder (model.gguf + Modelfile) for llama.cpp / Ollama", _export_ollama_args, cmd_export_ollama
+    ),
+    "import minimind": Verb(
+        "a MiniMind2 / minimind-3 .pth (dense or MoE) -> HF folder (see docs/import.md)",
+        _import_minimind_args,
+        cmd_import_minimind,
     ),
     "distill generate": Verb(
         "a teacher answers prompts; writes an SFT jsonl for `sprout train sft`",

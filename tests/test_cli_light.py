@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from sprout.cli import GROUPS, VERBS
+
 HEAVY = ("torch", "numpy", "matplotlib", "transformers")
 PROBE = """
 import sys
@@ -30,17 +32,7 @@ def _run(args: list[str]) -> tuple[int, str, str]:
     return r.returncode, heavy.removeprefix("HEAVY:"), r.stdout + r.stderr
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["--help"],
-        ["train", "--help"],
-        ["eval", "skills", "--help"],
-        ["serve", "--help"],
-        ["report", "--help"],
-        ["export", "merge-lora", "--help"],
-    ],
-)
+@pytest.mark.parametrize("args", [["--help"]] + [[*key.split(), "--help"] for key in [*VERBS, *GROUPS]])
 def test_help_imports_no_heavy_library(args):
     code, heavy, out = _run(args)
     assert code == 0 and heavy == "", (heavy, out)
@@ -55,6 +47,8 @@ def test_help_imports_no_heavy_library(args):
         ["tokenizer"],
         ["data", "validate", "x.jsonl", "--kind", "nope"],
         ["chat", "--model", "M", "lr=1"],
+        ["export", "gguf", "--model", "M", "--out", "m.gguf", "--dtype", "q4_k"],
+        ["import", "minimind", "--out", "O"],
     ],
 )
 def test_argument_errors_exit_2_without_heavy_imports(args):
@@ -74,7 +68,7 @@ def test_train_help_lists_every_registered_stage():
 
 
 def test_every_verb_and_group_is_reachable():
-    from sprout.cli import GROUPS, VERBS, build_parser
+    from sprout.cli import build_parser
 
     parser = build_parser()
     for key in VERBS:
@@ -89,12 +83,18 @@ def test_every_verb_and_group_is_reachable():
             words += ["RUN"]
         elif key == "train":
             words += ["sft"]
+        elif key == "import minimind":
+            words += ["model.pth"]
         required = {
             "chat": ["--model", "M"],
             "serve": ["--model", "M"],
             "export merge-lora": ["--model", "M", "--lora", "L", "--out", "O"],
             "distill generate": ["--teacher", "T", "--prompts", "P", "--out", "O"],
             "tokenizer train": ["--out", "O"],
+            "eval harness": ["--model", "M"],
+            "export gguf": ["--model", "M", "--out", "O"],
+            "export ollama": ["--model", "M", "--out", "O"],
+            "import minimind": ["--out", "O"],
         }.get(key, [])
         a = parser.parse_args(words + required)
         assert a.run is VERBS[key].run, key

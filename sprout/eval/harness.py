@@ -14,7 +14,6 @@ lm-eval's multiple-choice metrics: `acc` picks the choice with the highest total
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -106,22 +105,3 @@ def run_harness(model_dir: str | Path, tasks: list[str], out: str | Path | None 
     (out_dir / "harness.md").write_text(table)
     print(table)
     return scores
-
-
-def add_harness_command(subparsers) -> None:
-    """`sprout eval harness` (mounted under the `eval` verb by sprout/eval/run.py)."""
-    p = subparsers.add_parser("harness", help="lm-evaluation-harness on a model folder (local tasks work offline)")
-    p.add_argument("--model", required=True, help="model folder (loaded by lm-eval's stock hf model)")
-    p.add_argument("--tasks", nargs="+", default=list(LOCAL_TASKS),
-                   help=f"lm-eval task names; local: {', '.join(LOCAL_TASKS)} (default); e.g. ceval-valid cmmlu "
-                        "arc_easy hellaswag piqa openbookqa social_iqa need their data sets")
-    p.add_argument("--out", help="folder for harness.json / harness.md (default: MODEL/eval)")
-    p.add_argument("--limit", type=int, help="at most this many examples per task")
-    p.add_argument("--num-fewshot", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, mps")
-    p.set_defaults(func=cmd_harness)
-
-
-def cmd_harness(a: argparse.Namespace) -> None:
-    run_harness(a.model, a.tasks, a.out, a.limit, a.batch_size, a.device, a.num_fewshot)

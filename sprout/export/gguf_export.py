@@ -17,9 +17,9 @@ import gguf
 import numpy as np
 import torch
 
+from .dtypes import DTYPES
 from .gguf_tensors import ARCHITECTURES, gguf_tensors
 
-DTYPES = ("f32", "f16", "bf16", "q8_0")
 # llama.cpp's pre-tokenizer of this name splits text with this regex, which is sprout.tokenizer.SPLIT_PATTERN
 # (tests/test_export_gguf.py tokenizes in llama.cpp to prove it).
 PRE_TOKENIZER = "qwen2"

@@ -162,26 +162,3 @@ def import_minimind(path: str | Path, out: str | Path, tokenizer: str | Path | N
     else:
         print("no --tokenizer given: copy MiniMind's tokenizer folder in (--tokenizer DIR) before chatting")
     return out
-
-
-# ---- command line (wired into sprout/cli.py) ---------------------------------------------------
-
-def cmd_import(a) -> None:
-    opt = ImportOptions(num_attention_heads=a.heads, rms_norm_eps=a.rms_norm_eps, rope_theta=a.rope_theta,
-                        experts_per_token=a.experts_per_token, max_position_embeddings=a.max_position_embeddings)
-    import_minimind(a.file, a.out, a.tokenizer, opt)
-
-
-def add_import_command(subparsers) -> None:
-    im = subparsers.add_parser("import", help="bring another project's checkpoint in as a standard folder")
-    p = im.add_subparsers(dest="source", required=True).add_parser(
-        "minimind", help="a MiniMind2 / minimind-3 .pth (dense or MoE) -> HF folder (see docs/import.md)")
-    p.add_argument("file", help="the .pth MiniMind's trainers save (fp16 state dict)")
-    p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--tokenizer", help="MiniMind's tokenizer folder (tokenizer.json + tokenizer_config.json)")
-    p.add_argument("--heads", type=int, help="attention heads, MiniMind2 only (default 8)")
-    p.add_argument("--rms-norm-eps", type=float, help="default: 1e-5 (MiniMind2), 1e-6 (minimind-3)")
-    p.add_argument("--rope-theta", type=float, default=1e6)
-    p.add_argument("--experts-per-token", type=int, help="MoE top-k; default: 2 (MiniMind2), 1 (minimind-3)")
-    p.add_argument("--max-position-embeddings", type=int, default=32768)
-    p.set_defaults(func=cmd_import)
