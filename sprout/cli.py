@@ -131,7 +131,12 @@ def _speedrun_args(p: argparse.ArgumentParser) -> None:
         "(see docs/data.md); the tokenizer is trained on its pretraining text",
     )
     p.add_argument("--tokenizer", help="use this tokenizer folder as it is (e.g. MiniMind's) instead of training one")
-    p.add_argument("--minutes", type=float, help="use a clock budget instead of the recipe's token budgets: total training minutes, split between the stages as the recipe splits its tokens (not reproducible on a busy machine)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="use a clock budget instead of the recipe's token budgets: total training minutes, split between "
+        "the stages as the recipe splits its tokens (not reproducible on a busy machine)",
+    )
     p.add_argument("--max-steps", type=int, help="step limit for each training stage (a quick trial run)")
     p.add_argument("--eval-questions", type=int, help="questions per answer-selection task (default from the recipe)")
 
