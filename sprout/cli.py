@@ -210,18 +210,14 @@ def cmd_data_download(a: argparse.Namespace) -> None:
 
 def _data_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
-    p.add_argument("--kind", default="sft", choices=["pretrain", "sft", "dpo", "rlaif", "agent_rl"])
+    p.add_argument("--kind", default="sft", choices=["pretrain", "sft", "dpo", "reward", "rlaif", "agent_rl", "tokenizer"])
     p.add_argument("--skip-invalid", action="store_true")
 
 
 def cmd_data_validate(a: argparse.Namespace) -> None:
-    from .data.readers import ReadStats, read_records
+    from .data.readers import validate
 
-    stats = ReadStats()
-    n = sum(1 for _ in read_records(a.path, a.kind, skip_invalid=a.skip_invalid, stats=stats))
-    print(f"{a.path}: {n} valid {a.kind} records" + (f", {stats.skipped} invalid skipped" if stats.skipped else ""))
-    for msg in stats.errors:
-        print("  " + msg)
+    print(validate(a.path, a.kind, skip_invalid=a.skip_invalid))
 
 
 # ---- chat, serve --------------------------------------------------------------------------------------------
@@ -615,7 +611,8 @@ VERBS: dict[str, Verb] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """argparse parsers for every entry of VERBS (and GROUPS), nested by the words of each key."""
-    root = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.")
+    root = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.",
+                                   epilog="Add --debug (or set SPROUT_DEBUG=1) to see the traceback of an error.")
     parsers: dict[str, argparse.ArgumentParser] = {"": root}
     subs: dict[str, Any] = {}  # key -> its sub-verbs action
 
@@ -654,6 +651,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command; a failure prints one line (no traceback unless --debug / SPROUT_DEBUG=1) and exits 1."""
+    from .errors import run_cli
+
+    code = run_cli(_main, sys.argv[1:] if argv is None else argv)
+    if code:
+        raise SystemExit(code)
+
+
+def _main(argv: list[str]) -> None:
     parser = build_parser()
     # argparse cannot interleave a variable-length positional with options, so KEY=VALUE
     # overrides (any TrainConfig field, e.g. lr=3e-4 batch_size=8) arrive as unknown arguments.

@@ -52,6 +52,8 @@ class TrainConfig:
     eval_batches: int = 20
     log_every: int = 10
     save_every: int = 500
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept, plus the one with the best val_loss
+    max_bad_steps: int = 3  # consecutive non-finite loss/gradient steps skipped before the run stops
     trackers: list[str] = field(default_factory=list)  # tensorboard, wandb, swanlab
     # hardware
     device: str = "auto"

@@ -311,20 +311,13 @@ def _texts_from_record(record: dict[str, Any]) -> Iterator[str]:
 
 
 def iter_file_texts(paths: Iterable[str | Path]) -> Iterator[str]:
-    """The texts of jsonl files (or folders of them): `text` fields and conversation contents."""
+    """The texts of data files (or folders of them): `text` fields and conversation contents, read and
+    validated like any dataset (kind `tokenizer`), so a bad record is reported as FILE:LINE."""
+    from sprout.data.readers import read_records  # imported here: the sprout.data package pulls in torch
+
     for p in paths:
-        p = Path(p)
-        files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{f}:{n}: not valid JSON ({e.msg})") from None
-                    yield from _texts_from_record(record)
+        for record in read_records(p, "tokenizer"):
+            yield from _texts_from_record(record)
 
 
 def train_tokenizer_from_files(

@@ -37,6 +37,8 @@ def test_train_pretrain_then_sft_from_the_command_line(tmp_path):
 def test_malformed_data_stops_with_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 3}\n')
-    with pytest.raises(Exception, match=r"bad\.jsonl:2"):
+    with pytest.raises(SystemExit) as e:
         main(["train", "pretrain", "--data", str(bad), "--out", str(tmp_path / "o"), "--max-steps", "1",
               "preset=tiny"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith(f"sprout: error: {bad}:2: text must be a string, got int; ")

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from conftest import ctrl_c_at
 
 from sprout.config import TrainConfig
+from sprout.errors import UserError
 from sprout.models import model_preset
 from sprout.models import build_model
 from sprout.train import register, train
@@ -194,5 +195,5 @@ def test_final_folder_loads_in_transformers(learned_run: Path) -> None:
 
 
 def test_repeated_nan_losses_stop_the_run(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="NaN/inf loss"):
+    with pytest.raises(UserError, match="3 optimizer steps in a row had a non-finite loss"):
         train(make_cfg(tmp_path, stage="nan-test"))

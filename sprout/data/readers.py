@@ -5,24 +5,39 @@ right place. For parquet files the "line" is the row number (1-based).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-KINDS = ("pretrain", "sft", "dpo", "rlaif", "agent_rl")
+from sprout.errors import UserError, decode_error
+
+# reward: preference pairs for a reward model (the DPO format); tokenizer: any record with text to learn from.
+KINDS = ("pretrain", "sft", "dpo", "reward", "rlaif", "agent_rl", "tokenizer")
 ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _MAX_KEPT_ERRORS = 5
+# A line longer than this is reported (and skipped with --skip-invalid) instead of being read into memory.
+MAX_LINE_BYTES = 64 * 2**20
+_SKIP_HINT = "fix the record, or pass --skip-invalid to skip bad records and count them"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A record that cannot be used, with its location: `FILE:LINE: what is wrong`."""
 
-    def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
-        self.path, self.line, self.problem = str(path), line, problem
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {problem}")
+    def __init__(self, path: str | Path, line: int | None, problem: str, advice: str | None = None) -> None:
+        self.path = str(path)
+        super().__init__(problem, file=path, line=line, advice=advice)
+
+    def reason(self) -> str:
+        """The kind of problem without its specifics, for counting: `conversations[3].role ..., got 'x'`
+        and `conversations[0].role ..., got 'y'` are one reason."""
+        text = re.sub(r"\[\d+\]", "[i]", self.problem)
+        text = re.sub(r"(, got | at column | at byte offset | \(line ).*$", "", text)
+        return re.sub(r"^byte 0x[0-9a-f]{2}", "byte", text)
 
 
 @dataclass
@@ -32,11 +47,17 @@ class ReadStats:
     read: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)  # the first few messages, for the report
+    reasons: Counter = field(default_factory=Counter)  # skipped records per kind of problem
+    empty_files: list[str] = field(default_factory=list)  # shards without a single record
 
     def summary(self) -> str:
-        if not self.skipped:
-            return f"read {self.read} records"
-        return f"read {self.read} records, skipped {self.skipped} invalid records (first: {self.errors[0]})"
+        text = f"read {self.read} records"
+        if self.skipped:
+            by_reason = "; ".join(f"{n} x {r}" for r, n in self.reasons.most_common())
+            text += f", skipped {self.skipped} invalid records (first: {self.errors[0]}; by reason: {by_reason})"
+        if self.empty_files:
+            text += f", {len(self.empty_files)} empty file(s) (first: {self.empty_files[0]})"
+        return text
 
 
 # ---- validators: return a problem description, or None when the record is fine ---------------
@@ -78,10 +99,30 @@ def _check_messages(msgs: Any, name: str, need_assistant: bool = False, need_use
                 if problem:
                     return problem
     roles = [m["role"] for m in msgs]
-    if need_assistant and "assistant" not in roles:
+    order = _check_role_order(roles, name)
+    if order:
+        return order
+    if need_assistant and not any(m["role"] == "assistant" and (m.get("content") or m.get("tool_calls")
+                                                                or m.get("reasoning_content")) for m in msgs):
+        if "assistant" in roles:
+            return f"{name}: every assistant message is empty (nothing to train on)"
         return f"{name} has no assistant message (nothing to train on)"
     if need_user and "user" not in roles:
         return f"{name} has no user message"
+    return None
+
+
+def _check_role_order(roles: list[str], name: str) -> str | None:
+    """Orders no chat template renders sensibly: a system turn after the start, a conversation opened
+    by the assistant, a tool result that answers no assistant turn."""
+    for i, role in enumerate(roles):
+        if role == "system" and i > 0:
+            return f"{name}[{i}]: a system message may only come first"
+        if role == "tool" and (i == 0 or roles[i - 1] not in ("assistant", "tool")):
+            return f"{name}[{i}]: a tool message must follow an assistant (tool call) or another tool message"
+    first = next((r for r in roles if r != "system"), None)
+    if first == "assistant":
+        return f"{name}: the conversation starts with an assistant message; the first turn must be the user's"
     return None
 
 
@@ -142,12 +183,24 @@ def _check_agent_rl(rec: dict) -> str | None:
     return None
 
 
+def _check_tokenizer_text(rec: dict) -> str | None:
+    """Tokenizer training reads `text` and every message's content; a record must have one of them."""
+    if isinstance(rec.get("text"), str):
+        return None if rec["text"].strip() else "text is empty"
+    for key in ("conversations", "messages", "chosen", "rejected"):
+        if key in rec:
+            return _check_messages(rec[key], key)
+    return "no text to learn from: needs 'text' or 'conversations'"
+
+
 VALIDATORS: dict[str, Callable[[dict], str | None]] = {
     "pretrain": _check_pretrain,
     "sft": _check_sft,
     "dpo": _check_dpo,
+    "reward": _check_dpo,
     "rlaif": _check_rlaif,
     "agent_rl": _check_agent_rl,
+    "tokenizer": _check_tokenizer_text,
 }
 
 
@@ -157,8 +210,29 @@ _Raw = Iterator[tuple[int, Any]]
 
 
 def _read_jsonl(path: Path) -> _Raw:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """Lines are read as bytes and decoded one by one, so a bad byte is reported with its line and
+    offset and an enormous line is never held in memory whole."""
+    offset = 0  # byte offset of the current line in the file
+    with open(path, "rb") as f:
+        for lineno in itertools.count(1):
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            start = offset
+            offset += len(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while (chunk := f.readline(MAX_LINE_BYTES)) and not chunk.endswith(b"\n"):
+                    offset += len(chunk)  # skip the rest of the line without keeping it
+                offset += len(chunk)
+                yield lineno, DataError(path, lineno, f"line is longer than {MAX_LINE_BYTES // 2**20} MiB",
+                                        "split the record or check that this is a JSON-lines file")
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                err = decode_error(e, path, lineno, start)
+                yield lineno, DataError(path, lineno, err.problem, err.advice)
+                continue
             if not line.strip():
                 continue
             try:
@@ -169,7 +243,14 @@ def _read_jsonl(path: Path) -> _Raw:
 
 def _read_json(path: Path) -> _Raw:
     """A .json file holding a list of records; each record gets the line where it starts."""
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        err = decode_error(e, path, line, 0)
+        yield line, DataError(path, line, err.problem, err.advice)
+        return
     dec = json.JSONDecoder()
     ws = " \t\r\n"
 
@@ -224,10 +305,17 @@ def _drop_nulls(x: Any) -> Any:
 
 
 def _read_parquet(path: Path) -> _Raw:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        yield 1, DataError(path, None, f"not a readable parquet file ({e})",
+                           "check the file is complete (re-download or re-export it)")
+        return
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    for batch in pf.iter_batches(batch_size=1024):
         for rec in batch.to_pylist():
             row += 1
             yield row, _drop_nulls(rec)
@@ -240,7 +328,7 @@ def data_files(path: str | Path) -> list[Path]:
     """The data files behind `path`: the file itself, or every supported file in a folder (sorted, recursive)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise DataError(p, None, "no such file or folder", "check the path (is it relative to another folder?)")
     if p.is_dir():
         files = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES),
                        key=lambda f: f.relative_to(p).as_posix())
@@ -261,6 +349,9 @@ def read_located(
     check = VALIDATORS[kind]
     stats = stats if stats is not None else ReadStats()
     for f in data_files(path):
+        if f.stat().st_size == 0:
+            stats.empty_files.append(str(f))  # an empty shard is not an error, but it is reported
+            continue
         for line, rec in _READERS[f.suffix](f):
             if isinstance(rec, DataError):
                 err = rec
@@ -279,8 +370,11 @@ def read_located(
 def record_invalid(err: DataError, skip_invalid: bool, stats: ReadStats) -> None:
     """Raise `err`, or with `skip_invalid` count it in `stats` (keeping the first few messages)."""
     if not skip_invalid:
+        if err.advice is None:
+            err = DataError(err.path, err.line, err.problem, _SKIP_HINT)
         raise err
     stats.skipped += 1
+    stats.reasons[err.reason()] += 1
     if len(stats.errors) < _MAX_KEPT_ERRORS:
         stats.errors.append(str(err))
 
@@ -295,3 +389,25 @@ def read_records(
     """
     for _, _, rec in read_located(path, kind, skip_invalid, stats):
         yield rec
+
+
+def validate(path: str | Path, kind: str, skip_invalid: bool = False) -> str:
+    """Read every record of `path` as `kind`; return the report `sprout data validate` prints.
+
+    The first invalid record raises `DataError` (FILE:LINE) unless `skip_invalid`; a file or folder
+    without a single valid record raises too, so a script can trust the exit code.
+    """
+    stats = ReadStats()
+    for _ in read_located(path, kind, skip_invalid, stats):
+        pass
+    if stats.read == 0:
+        raise DataError(path, None, f"no valid {kind} records" + (f" ({stats.summary()})" if stats.skipped else ""),
+                        f"check that --kind {kind} is the format of this data")
+    lines = [f"{path}: {stats.read} valid {kind} records"]
+    if stats.skipped:
+        lines.append(f"skipped {stats.skipped} invalid records:")
+        lines += [f"  {n} x {reason}" for reason, n in stats.reasons.most_common()]
+        lines.append("first ones:")
+        lines += [f"  {msg}" for msg in stats.errors]
+    lines += [f"empty file: {f}" for f in stats.empty_files]
+    return "\n".join(lines)

@@ -20,12 +20,14 @@ or, without one, from the same file excluding the item itself.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
 
 from torch import nn
 
+from ..errors import UserError, read_text
 from .choice import ChoiceResult
 from .scoring import continuation_logprobs
 
@@ -42,7 +44,7 @@ def parse_item(row: dict, where: str = "") -> dict:
     r = _norm_keys(row)
     question = r.get("question")
     if question is None:
-        raise ValueError(f"{where}: no `question` field (found {sorted(r)})")
+        raise UserError(f"no `question` field (found {sorted(r)})", file=where)
     if isinstance(r.get("choices"), list):
         options = [str(o) for o in r["choices"]]
     else:
@@ -53,36 +55,51 @@ def parse_item(row: dict, where: str = "") -> dict:
                 break
             options.append(str(v))
     if len(options) < 2:
-        raise ValueError(f"{where}: needs options A, B, ... or `choices`")
+        raise UserError("needs options A, B, ... or `choices`", file=where)
     ans = r.get("answer", r.get("label"))
     if isinstance(ans, str) and ans.strip().isdigit():
         ans = int(ans.strip())
     if isinstance(ans, str):
         a = ans.strip().upper()
         if len(a) != 1 or a not in LETTERS[:len(options)]:
-            raise ValueError(f"{where}: answer {ans!r} is not one of {LETTERS[:len(options)]}")
+            raise UserError(f"answer {ans!r} is not one of {LETTERS[:len(options)]}", file=where)
         ans = LETTERS.index(a)
     if not isinstance(ans, int) or not 0 <= ans < len(options):
-        raise ValueError(f"{where}: answer {ans!r} is not a letter or an index below {len(options)}")
+        raise UserError(f"answer {ans!r} is not a letter or an index below {len(options)}", file=where)
     return {"question": str(question).strip(), "options": [o.strip() for o in options], "answer": ans}
 
 
 def load_mc_file(path: str | Path) -> list[dict]:
     """Items of a csv / jsonl / json multiple-choice file."""
     path = Path(path)
+    text = read_text(path, "utf-8-sig")
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
         return [parse_item(row, f"{path}:{i + 2}") for i, row in enumerate(rows)]
-    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        return [parse_item(row, f"{path}[{i}]") for i, row in enumerate(data)]
+        data = _json(text, path)
+        if not isinstance(data, list):
+            raise UserError("a .json multiple-choice file must hold a list of questions", file=path)
+        return [parse_item(_object(row, f"{path}[{i}]"), f"{path}[{i}]") for i, row in enumerate(data)]
     items = []
     for i, line in enumerate(text.splitlines()):
         if line.strip():
-            items.append(parse_item(json.loads(line), f"{path}:{i + 1}"))
+            items.append(parse_item(_object(_json(line, path, i + 1), f"{path}:{i + 1}"), f"{path}:{i + 1}"))
     return items
+
+
+def _json(text: str, path: Path, line: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"invalid JSON: {e.msg} at column {e.colno}", file=path,
+                        line=line if line is not None else e.lineno) from None
+
+
+def _object(row, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(f"a question must be a JSON object, got {type(row).__name__}", file=where)
+    return row
 
 
 def letter_prompt(item: dict) -> str:

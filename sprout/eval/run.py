@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..data.readers import read_records
+from ..errors import read_text
 from ..tokenizer import normalize_record
 from .choice import score_choices
 from .samples import generate_samples, sample_questions
@@ -23,7 +24,7 @@ def _documents(tokenizer, path: str, max_docs: int) -> list[str]:
     """Plain text (.txt/.md: the whole file is one document) or jsonl/json/parquet records
     (`text` scored whole, conversations scored on their rendered chat text)."""
     if Path(path).suffix.lower() in (".txt", ".md"):
-        return [Path(path).read_text(encoding="utf-8")]
+        return [read_text(path)]
     docs = []
     for i, rec in enumerate(read_records(path, "pretrain" if _is_text_file(path) else "sft")):
         if i >= max_docs:

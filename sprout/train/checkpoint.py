@@ -5,15 +5,20 @@
         optimizer.pt        AdamW state (tensors + plain containers)
         trainer_state.pt    step, tokens, elapsed time, sampler cursor, scaler, RNG states, cfg
     out/checkpoints/latest  text file naming the newest complete checkpoint directory
+    out/checkpoints/best    text file: the checkpoint with the lowest validation loss, and that loss
 
 A checkpoint is written into a temporary directory, flushed to disk, then renamed into place
 with os.replace; `latest` is updated the same way afterwards. A crash at any moment therefore
-leaves `latest` pointing at a complete checkpoint. Everything is read back with
-`torch.load(weights_only=True)`, so the Python RNG state is stored as plain lists.
+leaves `latest` pointing at a complete checkpoint. A failed write (disk full, no permission)
+removes its temporary directory and reports the checkpoint that is still good; old checkpoints
+are pruned only after the new one is complete, keeping the newest `keep` plus the best.
+Everything is read back with `torch.load(weights_only=True)`, so the Python RNG state is stored
+as plain lists and a crafted pickle cannot run code.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -26,10 +31,13 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
+from ..errors import UserError, describe
+
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+BEST = "best"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -94,28 +102,67 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _write_dir(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    tmp.mkdir()
+    save_safetensors_model(model, str(tmp / MODEL_FILE))  # de-duplicates tied weights
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    torch.save(state, tmp / STATE_FILE)
+    for f in tmp.iterdir():
+        _fsync_path(f)
+    _fsync_path(tmp)
+
+
 def save_checkpoint(
     root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2
 ) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, keep only the newest `keep`."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep` plus the best.
+
+    An OSError (disk full, permission denied) leaves every existing checkpoint as it was and is
+    raised as a UserError that names the last good checkpoint.
+    """
     final = root / step_dir_name(step)
-    if not final.exists():  # the same step saved twice (save_every hit at the end) is the same state
-        tmp = root / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
-        tmp.mkdir()
-        save_safetensors_model(model, str(tmp / MODEL_FILE))  # de-duplicates tied weights
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save(state, tmp / STATE_FILE)
-        for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
-        os.replace(tmp, final)
-        _fsync_path(root)
-    _write_text_atomic(root / LATEST, final.name + "\n")
+    tmp = root / f".tmp-{final.name}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not final.exists():  # the same step saved twice (save_every hit at the end) is the same state
+            shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
+            _write_dir(tmp, model, optimizer, state)
+            os.replace(tmp, final)
+            _fsync_path(root)
+        _write_text_atomic(root / LATEST, final.name + "\n")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        good = latest_checkpoint(root)
+        raise UserError(f"could not write checkpoint {final.name}: {describe(e) or e}",
+                        advice=f"the last good checkpoint is {good}, untouched; resume from it with --resume"
+                        if good else "no checkpoint was written yet") from e
+    best = best_checkpoint(root)
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != best:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def mark_best(root: Path, step: int, val_loss: float) -> bool:
+    """Record checkpoint `step` as the best if its val_loss is the lowest so far; True if it is."""
+    path = root / step_dir_name(step)
+    if not (path / STATE_FILE).exists() or not val_loss == val_loss:  # no such checkpoint, or NaN
+        return False
+    pointer = root / BEST
+    if pointer.exists():
+        name, _, loss = pointer.read_text(encoding="utf-8").partition(" ")
+        if (root / name).is_dir() and float(loss) <= val_loss:
+            return False
+    _write_text_atomic(pointer, f"{path.name} {val_loss!r}\n")
+    return True
+
+
+def best_checkpoint(root: Path) -> Path | None:
+    pointer = root / BEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text(encoding="utf-8").split(" ")[0]
+    return path if path.is_dir() else None
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -142,5 +189,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"checkpoint {path} does not fit this model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); was it written with a different preset or stage?"
         )
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True))
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(_load_plain(path / OPTIMIZER_FILE, device))
+    return _load_plain(path / STATE_FILE, "cpu")
+
+
+def _load_plain(file: Path, device: torch.device | str) -> Any:
+    """torch.load restricted to tensors and plain containers: a crafted pickle is refused, never run."""
+    try:
+        return torch.load(file, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"refusing to load: it holds Python objects other than tensors and plain data ({e})"
+                        .split("\n")[0] + ")", file=file,
+                        advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh") from None

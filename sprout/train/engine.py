@@ -6,9 +6,10 @@
         optimizer_step:
             accumulate_gradients                 # grad_accum x (objective.loss(model, batch) / grad_accum).backward()
             agree_across_ranks                   # one all-reduce: tokens, non-finite loss, clock, Ctrl-C
-            skip_nonfinite_step | apply_gradients + objective.on_optimizer_step(model)
-        log_step; evaluate_and_log, checkpoint   # on their intervals
-    finish: evaluate, checkpoint, objective.save(model, tokenizer, cfg.out)   (Ctrl-C: interrupted -> checkpoint)
+            clip_gradients; guard.accept         # non-finite loss or gradient norm: skip, count (guards.py)
+            step_optimizer + objective.on_optimizer_step(model)
+        log_step; checkpoint, evaluate_and_log   # on their intervals; saved first, so an eval crash loses nothing
+    finish: checkpoint, evaluate, objective.save(model, tokenizer, cfg.out)   (Ctrl-C: interrupted -> checkpoint)
 
 `Run` holds what setup builds once, `RunState` what changes per step (and what a checkpoint stores).
 """
@@ -37,13 +38,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..errors import UserError
+from .checkpoint import latest_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
 from .device import configure_backend, select_device, select_precision
+from .guards import StepGuard, oom_advice
 from .logging import MetricsLog, ProgressDisplay, check_trackers, format_duration
 from .objectives import Objective, build_objective, move_batch
 from .optim import build_optimizer, make_schedule
-
-MAX_BAD_STEPS = 3  # consecutive non-finite losses tolerated before the run is stopped
 
 
 # ---- data order ---------------------------------------------------------------------------------
@@ -270,7 +271,6 @@ class RunState:
     elapsed_before: float = 0.0  # seconds trained by earlier runs of a resumed training
     t_start: float = 0.0  # perf_counter() when this run's loop began
     lr: float = 0.0
-    bad_steps: int = 0  # consecutive non-finite steps
     last_eval_step: int = -1
     last_save_step: int = -1
     smooth: float | None = None  # moving average of the loss, for the progress line
@@ -309,6 +309,7 @@ class Run:
     resumed_from: Path | None
     log: MetricsLog | None
     display: ProgressDisplay
+    guard: StepGuard  # skips and counts non-finite steps, stops the run when they keep coming
 
     @property
     def ckpt_root(self) -> Path:
@@ -331,6 +332,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     dinfo = init_distributed(cfg.device)
     try:
         return _train(cfg, Path(cfg.out), dinfo, on_step)
+    except torch.cuda.OutOfMemoryError as e:
+        raise UserError(oom_advice(cfg.batch_size, cfg.seq_len, cfg.grad_accum)) from e
     finally:
         if dinfo.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -352,12 +355,13 @@ def _train(cfg: TrainConfig, out: Path, dinfo: DistInfo, on_step: Callable | Non
             set_lr(run, st)
             result = optimizer_step(run, st, stop)
             if result is None:
-                continue  # non-finite loss: the batches were skipped
+                continue  # non-finite loss or gradient: the batches were skipped
             progress = log_step(run, st, result)
-            if run.val_ds is not None and cfg.eval_every and st.step % cfg.eval_every == 0:
-                evaluate_and_log(run, st)
+            # Save before evaluating: a crash inside evaluation must not lose the training since the last save.
             if cfg.save_every and st.step % cfg.save_every == 0:
                 checkpoint(run, st)
+            if run.val_ds is not None and cfg.eval_every and st.step % cfg.eval_every == 0:
+                evaluate_and_log(run, st)
             if on_step is not None:
                 on_step({"step": st.step, "loss": result.loss, "lr": st.lr, "tokens": st.tokens, "progress": progress})
 
@@ -426,6 +430,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         resumed_from=resume_from,
         log=_metrics_log(cfg, out, dinfo, st.step if resume_from is not None else None),
         display=ProgressDisplay(dinfo.main, cfg.log_every),
+        guard=StepGuard(cfg.max_bad_steps, out / "checkpoints"),
     )
     return run, st
 
@@ -579,16 +584,22 @@ def set_lr(run: Run, st: RunState) -> None:
 
 # ---- one optimizer step ---------------------------------------------------------------------------------------
 def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None:
-    """grad_accum micro-batches, agree across ranks, then either skip a non-finite step (None) or clip the
-    gradients, step the optimizer and tell the objective (`on_optimizer_step`)."""
+    """grad_accum micro-batches, agree across ranks, clip the gradients, then either skip a step whose loss
+    or gradient norm is not finite (None; guards.py) or step the optimizer and tell the objective
+    (`on_optimizer_step`)."""
     loss_sum, step_tokens, metrics = accumulate_gradients(run, st)
     nonfinite, tokens = agree_across_ranks(run, st, loss_sum, step_tokens, stop)
     st.tokens += tokens
-    if nonfinite:
-        skip_nonfinite_step(run, st)
+    grad_norm = None if nonfinite else clip_gradients(run)
+    # fp16's scaler skips inf gradients itself (and lowers its scale); elsewhere the guard does. Gradients
+    # are all-reduced, so every rank sees the same norm and takes the same decision.
+    measured = None if grad_norm is None or run.scaler is not None else float(grad_norm)
+    ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
+    if not ok or grad_norm is None:
+        run.optimizer.zero_grad(set_to_none=True)
+        run.display.print(note)
         return None
-    st.bad_steps = 0
-    grad_norm = apply_gradients(run)
+    step_optimizer(run)
     run.objective.on_optimizer_step(run.model)
     st.step += 1
     return StepResult(loss_sum.item() / run.cfg.grad_accum, grad_norm, metrics, tokens)
@@ -637,32 +648,22 @@ def agree_across_ranks(
     return shared[1] > 0, int(shared[0])
 
 
-def skip_nonfinite_step(run: Run, st: RunState) -> None:
-    """Drop this step's gradients; stop the run after MAX_BAD_STEPS such steps in a row."""
-    run.optimizer.zero_grad(set_to_none=True)
-    st.bad_steps += 1
-    run.display.print(f"step {st.step + 1}: non-finite loss, skipping these batches ({st.bad_steps}/{MAX_BAD_STEPS})")
-    if st.bad_steps >= MAX_BAD_STEPS:
-        raise RuntimeError(
-            f"{MAX_BAD_STEPS} optimizer steps in a row had a NaN/inf loss (last at step {st.step + 1}); "
-            "try a lower lr, dtype=fp32 or bf16 instead of fp16, or check the data. The last good "
-            f"checkpoint is in {run.ckpt_root}."
-        )
-
-
-def apply_gradients(run: Run) -> torch.Tensor:
-    """Unscale (fp16), clip to cfg.grad_clip, optimizer step, zero the gradients; the norm before clipping."""
+def clip_gradients(run: Run) -> torch.Tensor:
+    """Unscale (fp16) and clip to cfg.grad_clip; the norm before clipping."""
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
     max_norm = run.cfg.grad_clip if run.cfg.grad_clip and run.cfg.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+    return torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+
+
+def step_optimizer(run: Run) -> None:
+    """Optimizer step (through the GradScaler in fp16), then zero the gradients."""
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
 
 
 # ---- log, evaluate, checkpoint, finish ----------------------------------------------------------------------
@@ -694,6 +695,7 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
             "tokens_per_s": tok_s,
             "elapsed_s": round(elapsed, 3),
             "epoch": round(run.sampler.epochs_done(st.cursor), 4),
+            "skipped_steps": run.guard.skipped,
         }
         record.update({k: _to_float(v) / micro for k, v in w.metrics.items()})
         run.log.log(record)
@@ -706,6 +708,7 @@ def evaluate_and_log(run: Run, st: RunState) -> None:
     if run.dinfo.main and run.val_ds is not None:
         result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)
         _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
+        mark_best(run.ckpt_root, st.step, result["val_loss"])  # when this step has a checkpoint
     st.last_eval_step = st.step
 
 
@@ -724,7 +727,7 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
             "rng": rng_state(),
             "config": json.loads(json.dumps(dataclasses.asdict(run.cfg))),
         }
-        path = save_checkpoint(run.ckpt_root, st.step, run.model, run.optimizer, state)
+        path = save_checkpoint(run.ckpt_root, st.step, run.model, run.optimizer, state, keep=run.cfg.keep_checkpoints)
     if run.dinfo.enabled:
         dist.barrier()
     st.last_save_step = st.step
@@ -742,11 +745,11 @@ def interrupted(run: Run, st: RunState) -> Path:
 
 
 def finish(run: Run, st: RunState) -> Path:
-    """Budget reached: last evaluation and checkpoint (if not just done), then the objective saves the model."""
-    if run.val_ds is not None and run.dinfo.main and st.last_eval_step != st.step:
-        evaluate_and_log(run, st)
+    """Budget reached: last checkpoint and evaluation (if not just done), then the objective saves the model."""
     if st.last_save_step != st.step:
         checkpoint(run, st)
+    if run.val_ds is not None and run.dinfo.main and st.last_eval_step != st.step:
+        evaluate_and_log(run, st)
     if run.dinfo.main:
         run.objective.save(run.model, run.tokenizer, run.out)
         run.display.print(
