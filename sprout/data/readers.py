@@ -236,9 +236,9 @@ def _read_jsonl(path: Path) -> _Raw:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                yield lineno, DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}")
+                yield lineno, DataError(path, lineno, f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}")
 
 
 def _read_json(path: Path) -> _Raw:
@@ -400,8 +400,10 @@ def validate(path: str | Path, kind: str, skip_invalid: bool = False) -> str:
     stats = ReadStats()
     for _ in read_located(path, kind, skip_invalid, stats):
         pass
+    if stats.read == 0 and not stats.skipped:
+        raise DataError(path, None, "no records: the data is empty", "give a file with one JSON record per line")
     if stats.read == 0:
-        raise DataError(path, None, f"no valid {kind} records" + (f" ({stats.summary()})" if stats.skipped else ""),
+        raise DataError(path, None, f"no valid {kind} records ({stats.summary()})",
                         f"check that --kind {kind} is the format of this data")
     lines = [f"{path}: {stats.read} valid {kind} records"]
     if stats.skipped:

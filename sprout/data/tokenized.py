@@ -236,19 +236,39 @@ def tokenize_pretrain(
     val.close()
     seconds = time.perf_counter() - t0
     if train.tokens == 0:
-        raise DataError(desc, None, "no usable pretraining documents")
+        raise DataError(desc, None, "no usable pretraining documents",
+                        'give records like {"text": "..."}, one per line (see docs/data.md)')
     meta = {
         "kind": "pretrain", "format_version": FORMAT_VERSION, "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size, "separator_id": sep,
         "train": {"tokens": train.tokens, "docs": train.docs},
         "val": {"tokens": val.tokens, "docs": val.docs},
         "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,
-        "chars": chars, "seconds": round(seconds, 3), "chars_per_s": round(chars / max(seconds, 1e-9)),
+        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files, "chars": chars, "seconds": round(seconds, 3), "chars_per_s": round(chars / max(seconds, 1e-9)),
         "val_fraction": val_fraction, "seed": seed, "cache_key": key,
         "files": ["train.bin", "val.bin"], "cached": False,
     }
     _write_json(out / "meta.json", meta)
     return meta
+
+
+def describe_meta(meta: dict[str, Any]) -> str:
+    """One line for the training log: what was read, and every record that will not be trained on."""
+    unit = "documents" if meta["kind"] == "pretrain" else "conversations"
+    parts = [f"data: {meta['read']:,} records read, {meta['train'].get('docs', meta['train'].get('conversations'))}"
+             f" train / {meta['val'].get('docs', meta['val'].get('conversations'))} val {unit}"]
+    if meta.get("skipped"):
+        reasons = ", ".join(f"{n} x {r}" for r, n in sorted(meta.get("skipped_reasons", {}).items(),
+                                                            key=lambda kv: -kv[1]))
+        parts.append(f"{meta['skipped']} invalid skipped ({reasons})")
+    if meta.get("truncated"):
+        parts.append(f"{meta['truncated']} cut to seq_len={meta['seq_len']}")
+    if meta.get("dropped"):
+        parts.append(f"{meta['dropped']} dropped: no assistant token left within seq_len={meta['seq_len']} "
+                     "(raise seq_len to keep them)")
+    if meta.get("empty_files"):
+        parts.append(f"{len(meta['empty_files'])} empty file(s)")
+    return "; ".join(parts)
 
 
 def _count_ones(path: Path) -> int:
@@ -328,13 +348,15 @@ def tokenize_sft(
         _write_json(out / split / "meta.json", split_meta)
         summary[split] = split_meta
     if summary["train"]["conversations"] == 0:
-        raise DataError(desc, None, "no usable conversations (each needs an assistant turn within seq_len)")
+        raise DataError(desc, None, "no usable conversations (each needs an assistant turn within seq_len)",
+                        "raise seq_len, or check the data (see docs/data.md)")
     seconds = time.perf_counter() - t0
     meta = {
         "kind": kind, "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size,
         "seq_len": seq_len, "train": summary["train"], "val": summary["val"],
         "truncated": truncated, "dropped": dropped,
         "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,
+        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files,
         "seconds": round(seconds, 3), "val_fraction": val_fraction, "seed": seed, "cache_key": key,
         "files": [f"{s}/{n}" for s in ("train", "val") for n in ("tokens.bin", "mask.bin", "offsets.npy", "meta.json")],
         "cached": False,

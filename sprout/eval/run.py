@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..data.readers import read_records
-from ..errors import read_text
+from ..errors import UserError, read_text
 from ..tokenizer import normalize_record
 from .choice import score_choices
 from .samples import generate_samples, sample_questions
@@ -34,6 +34,9 @@ def _documents(tokenizer, path: str, max_docs: int) -> list[str]:
         else:
             messages, tools = normalize_record(rec)
             docs.append(tokenizer.apply_chat_template(messages, tools=tools))
+    if not docs:
+        raise UserError("no documents to score (the file holds no records)", file=path,
+                        advice="give --data a file with `text` or `conversations` records")
     return docs
 
 

@@ -61,11 +61,12 @@ class PretrainObjective(CausalLMObjective):
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
         from ...data.datasets import PretrainDataset
-        from ...data.tokenized import tokenize_pretrain
+        from ...data.tokenized import describe_meta, tokenize_pretrain
 
         cache = self.cache_dir()
         meta = tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
                                  seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        print(describe_meta(meta))
         val = None  # val_fraction=0: no validation
         if self.cfg.val_fraction > 0 and meta["val"]["tokens"] <= self.cfg.seq_len:
             print(f"validation off: the {meta['val']['tokens']} held-out tokens do not fill one window of "
@@ -85,13 +86,15 @@ class SFTObjective(CausalLMObjective):
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
         from ...data.datasets import SFTDataset
-        from ...data.tokenized import tokenize_sft
+        from ...data.tokenized import describe_meta, tokenize_sft
 
         cache = self.cache_dir()
-        tokenize_sft(self.data_source(), tokenizer, cache, self.cfg.seq_len, val_fraction=self.cfg.val_fraction,
-                     seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
-        val = SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack) if self.cfg.val_fraction > 0 else None
-        return SFTDataset(cache / "train", self.cfg.seq_len, pack=self.cfg.pack), val  # val_fraction=0: none
+        meta = tokenize_sft(self.data_source(), tokenizer, cache, self.cfg.seq_len,
+                            val_fraction=self.cfg.val_fraction, seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        print(describe_meta(meta))
+        # val_fraction=0, or a split too small to hold a conversation: no validation.
+        val = SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack) if meta["val"]["conversations"] else None
+        return SFTDataset(cache / "train", self.cfg.seq_len, pack=self.cfg.pack), val
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         # Rows are padded after the last conversation; padding is not data. Packed rows give padding the
