@@ -39,6 +39,8 @@ class ServeSettings:
     max_concurrent: int = 64  # requests in flight (waiting + decoding); more get 429
     max_batch: int = 32  # rows decoded together per model
     request_timeout: float = 300.0  # seconds from arrival to the last token
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are read whole
+    body_timeout: float = 30.0  # seconds a client may take to send its body (slow senders get 408)
 
 
 class APIError(Exception):
@@ -139,6 +141,8 @@ class ModelRegistry:
     def get(self, name: str | None) -> ModelEntry:
         if name is None or name == "" or name == "default":
             return self.entries[self.default_name]
+        if not isinstance(name, str):
+            raise APIError(400, f"'model' must be a string, got {type(name).__name__}", param="model")
         if name not in self.entries:
             raise APIError(404, f"The model '{name}' does not exist; see GET /v1/models", param="model",
                            code="model_not_found")
@@ -421,8 +425,32 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
         if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
             raise APIError(401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key")
 
+    async def read_body(request: Request) -> bytes:
+        """The body, refused (413) past max_body_bytes without reading the rest, and (408) when slow."""
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"the request body is {declared} bytes, more than this server's limit of {limit}",
+                           code="request_too_large")
+
+        async def collect() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"the request body is more than this server's limit of {limit} bytes",
+                                   code="request_too_large")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(collect(), settings.body_timeout)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body took longer than {settings.body_timeout:g} s to arrive",
+                           "timeout_error", code="timeout") from None
+
     async def read_json(request: Request) -> dict:
-        raw = await request.body()
+        raw = await read_body(request)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -639,7 +667,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     settings = ServeSettings(api_key=a.api_key, max_prompt_tokens=a.max_prompt_tokens,
                              max_tokens_cap=a.max_tokens_cap, default_max_tokens=a.default_max_tokens,
-                             max_concurrent=a.max_concurrent, max_batch=a.max_batch, request_timeout=a.timeout)
+                             max_concurrent=a.max_concurrent, max_batch=a.max_batch, request_timeout=a.timeout,
+                             max_body_bytes=a.max_body_bytes)
     registry = ModelRegistry(settings)
     for spec in a.model:
         name, d = _name_dir(spec, "--model")
@@ -656,4 +685,12 @@ def cmd_serve(a: argparse.Namespace) -> None:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", a.host)
     app = create_app(registry, settings)
     print(f"sprout serve: http://{a.host}:{a.port}/  (models: {', '.join(registry.entries)})", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
+    # Past max_concurrent generations the app answers 429; past this many open connections uvicorn
+    # itself answers 503, so a flood of idle or slow clients cannot exhaust the process.
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info", limit_concurrency=connection_limit(settings),
+                timeout_keep_alive=5)
+
+
+def connection_limit(settings: ServeSettings) -> int:
+    """Connections uvicorn accepts at once: every generation slot plus room for health checks and 429s."""
+    return 2 * settings.max_concurrent + 16
