@@ -13,11 +13,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import UserError
 from .config import ModelConfig
 from .deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM
 from .dense import SproutForCausalLM
 from .moe import MoEConfig, MoEForCausalLM
 from .qwen3_next import Qwen3NextConfig, Qwen3NextForCausalLM
+
+# Weight files in pickle formats: unpickling runs whatever code the file names, so sprout never opens them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 # model_type (config.json) -> (config reader, model class): every family sprout reads and writes.
 REGISTRY: dict[str, tuple[Callable[[dict], ModelConfig], Callable[..., nn.Module]]] = {
@@ -38,7 +42,12 @@ def read_config(folder: str | Path):
     path = Path(folder) / "config.json"
     if not path.exists():
         raise SystemExit(f"{folder} is not a model folder: {path} is missing")
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"not valid JSON ({e})", file=path, advice="restore config.json from where the model came from")
+    if not isinstance(d, dict):
+        raise UserError("must hold a JSON object", file=path)
     mt = d.get("model_type")
     if mt not in REGISTRY:
         raise SystemExit(f"{path}: model_type {mt!r} is not supported; supported: {', '.join(REGISTRY)}")
@@ -56,7 +65,12 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         for f in files:
             state.update(load_file(folder / f))
         return state
-    raise SystemExit(f"{folder}: no model.safetensors (sprout reads only safetensors weights)")
+    pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"refusing to load {pickles[0]}: it is a pickle file, and unpickling can run any code",
+                        file=folder, advice="sprout reads only model.safetensors; convert weights you trust with "
+                        "transformers (model.save_pretrained(dir, safe_serialization=True))")
+    raise UserError("no model.safetensors (sprout reads only safetensors weights)", file=folder)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
