@@ -32,6 +32,7 @@ class TrainConfig:
     seq_len: int = 512
     batch_size: int = 16
     grad_accum: int = 1
+    auto_batch_size: bool = False  # on CUDA out of memory, halve batch_size (doubling grad_accum) until it fits
     # optimiser and schedule
     lr: float = 5e-4
     min_lr_ratio: float = 0.1

@@ -123,3 +123,76 @@ def test_crafted_pickle_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         ckpt.load_checkpoint(path, model, opt)
     assert e.value.located().startswith(f"{path / ckpt.STATE_FILE}: refusing to load: it holds Python objects")
+
+
+def test_permission_denied_during_save_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    train(make_cfg(tmp_path, max_steps=5, save_every=5, eval_every=0))
+    root = tmp_path / "checkpoints"
+    good = ckpt.latest_checkpoint(root)
+
+    def denied(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(ckpt, "save_safetensors_model", lambda model, path, *a, **k: denied(path))
+    with pytest.raises(UserError) as e:
+        train(make_cfg(tmp_path, max_steps=10, save_every=5, eval_every=0, resume=True))
+    assert e.value.message() == (
+        f"could not write checkpoint step_0000010: {root / '.tmp-step_0000010' / ckpt.MODEL_FILE}: permission denied; "
+        f"check the owner and mode of this path (ls -l); the last good checkpoint is {good}, untouched; "
+        "resume from it with --resume")
+    assert ckpt.latest_checkpoint(root) == good and ckpt.list_checkpoints(root) == [good]
+
+
+@register
+class EvalCrashObjective(SyntheticObjective):
+    """Evaluation fails (a bug in an eval metric, a device error): training must not be lost."""
+
+    name = "eval-crash-test"
+
+    def loss(self, model, batch):
+        if not model.training:
+            raise RuntimeError("evaluation blew up")
+        return super().loss(model, batch)
+
+
+def test_a_crash_in_evaluation_loses_no_training(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="evaluation blew up"):
+        train(make_cfg(tmp_path, stage="eval-crash-test", max_steps=12, save_every=5, eval_every=5))
+    root = tmp_path / "checkpoints"
+    assert ckpt.latest_checkpoint(root) == root / "step_0000005"  # saved before the evaluation that crashed
+    # The run continues from there (without the broken evaluation) and matches an uninterrupted run.
+    train(make_cfg(tmp_path, max_steps=12, save_every=5, eval_every=0, resume=True))
+    train(make_cfg(tmp_path / "ref", max_steps=12, save_every=5, eval_every=0))
+    got, ref = final_weights(tmp_path), final_weights(tmp_path / "ref")
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@register
+class SmallMemoryObjective(SyntheticObjective):
+    """Pretends the GPU holds at most 2 rows: larger micro-batches raise CUDA's out-of-memory error."""
+
+    name = "small-memory-test"
+
+    def loss(self, model, batch):
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().loss(model, batch)
+
+
+def test_out_of_memory_gives_advice(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        train(make_cfg(tmp_path, stage="small-memory-test", batch_size=8, grad_accum=1))
+    assert e.value.message() == oom_advice(8, 16, 1)
+
+
+def test_auto_batch_size_halves_until_it_fits_and_keeps_tokens_per_step(tmp_path: Path) -> None:
+    train(make_cfg(tmp_path / "auto", stage="small-memory-test", batch_size=8, grad_accum=1, auto_batch_size=True))
+    train(make_cfg(tmp_path / "manual", batch_size=2, grad_accum=4))
+    auto, manual = final_weights(tmp_path / "auto"), final_weights(tmp_path / "manual")
+    assert all(torch.equal(auto[k], manual[k]) for k in manual)
+    # A resumed run reuses the size its checkpoint was written with (2 x 4), not the one asked for (8 x 1).
+    train(make_cfg(tmp_path / "auto", stage="small-memory-test", batch_size=8, grad_accum=1, auto_batch_size=True,
+                   max_steps=16, resume=True))
+    train(make_cfg(tmp_path / "manual", batch_size=2, grad_accum=4, max_steps=16, resume=True))
+    auto, manual = final_weights(tmp_path / "auto"), final_weights(tmp_path / "manual")
+    assert all(torch.equal(auto[k], manual[k]) for k in manual)

@@ -193,6 +193,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return _load_plain(path / STATE_FILE, "cpu")
 
 
+def saved_config(path: Path) -> dict[str, Any]:
+    """The TrainConfig (as a dict) a checkpoint was written with."""
+    return _load_plain(path / STATE_FILE, "cpu")["config"]
+
+
 def _load_plain(file: Path, device: torch.device | str) -> Any:
     """torch.load restricted to tensors and plain containers: a crafted pickle is refused, never run."""
     try:

@@ -39,9 +39,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
 from ..errors import UserError
-from .checkpoint import latest_checkpoint, load_checkpoint, mark_best, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    mark_best,
+    rng_state,
+    save_checkpoint,
+    saved_config,
+    set_rng_state,
+)
 from .device import configure_backend, select_device, select_precision
-from .guards import StepGuard, oom_advice
+from .guards import StepGuard, fit_batch_size, oom_advice
 from .logging import MetricsLog, ProgressDisplay, check_trackers, format_duration
 from .objectives import Objective, build_objective, move_batch
 from .optim import build_optimizer, make_schedule
@@ -382,6 +390,8 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
 
     objective, tokenizer, model = _build_model(cfg, out, dinfo, device)
     train_ds, val_ds = _datasets(objective, tokenizer, dinfo)
+    if cfg.auto_batch_size:
+        cfg = _auto_batch_size(cfg, model, objective, train_ds, precision, device, resume_from)
 
     sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
     optimizer = build_optimizer(
@@ -433,6 +443,27 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         guard=StepGuard(cfg.max_bad_steps, out / "checkpoints"),
     )
     return run, st
+
+
+def _auto_batch_size(cfg: TrainConfig, model: nn.Module, objective: Objective, train_ds: Dataset, precision: Any,
+                     device: torch.device, resume_from: Path | None) -> TrainConfig:
+    """auto_batch_size=true: the largest micro-batch that fits, found once; a resumed run reuses it (its
+    checkpoint's batch_size and grad_accum), so the data order stays the same."""
+    if resume_from is not None:
+        saved = saved_config(resume_from)
+        bs, ga = int(saved["batch_size"]), int(saved["grad_accum"])
+    else:
+        def try_batch(b: int) -> None:
+            batch = move_batch(objective.collate([train_ds[i % _len(train_ds)] for i in range(b)]), device)
+            with precision.autocast():
+                loss, _ = objective.loss(model, batch)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        bs, ga = fit_batch_size(try_batch, cfg.batch_size, cfg.grad_accum, cfg.seq_len)
+    if (bs, ga) != (cfg.batch_size, cfg.grad_accum):
+        print(f"auto_batch_size: batch_size={bs} grad_accum={ga} (asked for {cfg.batch_size} x {cfg.grad_accum})")
+    return dataclasses.replace(cfg, batch_size=bs, grad_accum=ga)
 
 
 def _build_model(

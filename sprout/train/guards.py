@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from ..errors import UserError
 
@@ -53,3 +56,20 @@ class StepGuard:
                 f"the last good checkpoint is in {self.checkpoints} (--resume continues from it)")
         return False, (f"step {step}: non-finite {what}, skipping these batches "
                        f"({self.in_a_row}/{self.max_in_a_row} in a row, {self.skipped} skipped in all)")
+
+
+def fit_batch_size(try_batch: Callable[[int], None], batch_size: int, grad_accum: int,
+                   seq_len: int) -> tuple[int, int]:
+    """The largest micro-batch (halving from `batch_size`) for which `try_batch(b)` (one forward and
+    backward) does not run out of CUDA memory; grad_accum doubles with each halving, so the tokens per
+    optimizer step stay the same (for a power-of-two batch_size; otherwise within a factor of 2)."""
+    while True:
+        try:
+            try_batch(batch_size)
+            return batch_size, grad_accum
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise UserError(oom_advice(1, seq_len, grad_accum)) from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size, grad_accum = batch_size // 2, grad_accum * 2
