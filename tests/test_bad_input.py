@@ -4,6 +4,7 @@
 The matrix runs `sprout.cli.main` in-process (the same `run_cli` wrapper a shell runs; a traceback
 would be printed to the captured stderr, and an unconverted exception would escape main); a few
 cases also run as real subprocesses (`python -m sprout.cli ...`) to check the process exit code.
+`--debug` / SPROUT_DEBUG=1 print the traceback before the same line.
 """
 from __future__ import annotations
 
@@ -216,10 +217,14 @@ def test_processes_exit_1_with_one_line(tmp_path, model_dir):
         assert (r.returncode, r.stderr) == (1, line), args
 
 
-def test_debug_switch_shows_the_traceback(tmp_path):
+def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "nope.jsonl"
     line = f"sprout: error: {missing}: no such file or folder; check the path (is it relative to another folder?)\n"
-    for r in (_cli("data", "validate", str(missing), "--debug"),
-              _cli("data", "validate", str(missing), env={"SPROUT_DEBUG": "1"})):
-        assert r.returncode == 1
-        assert r.stderr.startswith("Traceback (most recent call last):") and r.stderr.endswith(line)
+    for argv, env in ((["data", "validate", str(missing), "--debug"], None),
+                      (["data", "validate", str(missing)], "1")):
+        if env:
+            monkeypatch.setenv("SPROUT_DEBUG", env)
+        code, _, err = _run(argv, capsys)
+        assert code == 1
+        assert err.startswith("Traceback (most recent call last):") and err.endswith(line)
+        assert "raise DataError" in err  # the traceback reaches the line that raised

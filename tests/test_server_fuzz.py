@@ -164,7 +164,7 @@ def test_body_limit_and_slow_body(server):
 
 
 def test_connection_flood_gets_503_and_the_server_recovers(server):
-    """More open connections than uvicorn's limit: the extra ones are answered 503, then all is normal."""
+    """More open connections than uvicorn's limit are answered 503, and afterwards all is normal."""
     limit = connection_limit(server["settings"])
 
     async def flood() -> list[int]:
@@ -181,5 +181,11 @@ def test_connection_flood_gets_503_and_the_server_recovers(server):
 
     codes = asyncio.run(flood())
     assert set(codes) <= {200, 429, 503}
-    assert 503 in codes and 200 in codes  # refused beyond the limit, served within it
-    assert server["client"].get("/health").status_code == 200
+    # uvicorn counts open connections: while more than the limit are open, requests get 503 (how
+    # many were served before the flood filled up depends on timing).
+    assert 503 in codes
+    client = server["client"]
+    assert client.get("/health").status_code == 200
+    r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200
