@@ -134,7 +134,7 @@ class Tokenizer:
         folder = path if path.is_dir() else path.parent
         file = folder / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
-            raise SystemExit(f"{folder}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer "
+            raise SystemExit(f"{path}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer "
                              "with transformers' save_pretrained to get one)")
         backend = _Backend.from_file(str(file))
         config = read_folder_config(folder)

@@ -228,3 +228,13 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
         assert code == 1
         assert err.startswith("Traceback (most recent call last):") and err.endswith(line)
         assert "raise DataError" in err  # the traceback reaches the line that raised
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    missing = tmp_path / "no-model"
+    code, _, err = _run(["train", "sft", "--model", str(missing), "--out", str(tmp_path / "o"), "--max-steps", "1"],
+                        capsys)
+    _expect(code, err, f"{missing}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer with "
+                       "transformers' save_pretrained to get one)")
+    code, _, err = _run(["eval", "--model", str(missing), "--tasks"], capsys)
+    assert (code, err) == (1, f"{missing} is not a model folder: {missing / 'config.json'} is missing\n")
