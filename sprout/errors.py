@@ -116,13 +116,20 @@ def debug_requested(argv: Sequence[str]) -> bool:
 def run_cli(fn: Callable[[list[str]], None], argv: Sequence[str]) -> int:
     """Run `fn(argv)` (argv without --debug) and return the process exit code.
 
-    Known failures print `sprout: error: MESSAGE` to stderr and return 1; Ctrl-C returns 130.
-    `SystemExit` passes through unchanged (argparse and sys.exit already print their own message).
+    Known failures and `SystemExit("message")` print `sprout: error: MESSAGE` to stderr and return 1;
+    Ctrl-C returns 130. `SystemExit(n)` passes through (argparse has already printed its message).
     """
     debug = debug_requested(argv)
     args = [a for a in argv if a != "--debug"]
     try:
         fn(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            raise  # argparse and sys.exit(n): their message, if any, is already printed
+        if debug:
+            traceback.print_exc()
+        print(f"sprout: error: {exc.code}", file=sys.stderr)  # raise SystemExit("message") in older code
+        return EXIT_ERROR
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

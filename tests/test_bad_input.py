@@ -237,4 +237,4 @@ def test_missing_model_folder(tmp_path, capsys):
     _expect(code, err, f"{missing}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer with "
                        "transformers' save_pretrained to get one)")
     code, _, err = _run(["eval", "--model", str(missing), "--tasks"], capsys)
-    assert (code, err) == (1, f"{missing} is not a model folder: {missing / 'config.json'} is missing\n")
+    _expect(code, err, f"{missing} is not a model folder: {missing / 'config.json'} is missing")
