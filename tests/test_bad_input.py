@@ -155,10 +155,10 @@ def test_enormous_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(readers, "MAX_LINE_BYTES", 4096)  # the real limit is 64 MiB; the logic is the same
     path = _write(tmp_path, "big.jsonl", GOOD_TEXT.encode() + _jsonl({"text": "x" * 10_000}) + GOOD_TEXT.encode())
     code, _, err = _run(["data", "validate", str(path), "--kind", "pretrain"], capsys)
-    _expect(code, err, f"{path}:2: line is longer than 0 MiB; split the record or check that this is a JSON-lines file")
+    _expect(code, err, f"{path}:2: line is longer than 4,096 bytes; split the record or check that this is a JSON-lines file")
     code, out, err = _run(["data", "validate", str(path), "--kind", "pretrain", "--skip-invalid"], capsys)
     assert code == 0 and out.splitlines()[:3] == [f"{path}: 2 valid pretrain records", "skipped 1 invalid records:",
-                                                  "  1 x line is longer than 0 MiB"]
+                                                  "  1 x line is longer than 4,096 bytes"]
 
 
 def test_skip_invalid_counts_by_reason(tmp_path, capsys):

@@ -36,7 +36,7 @@ class DataError(UserError):
         """The kind of problem without its specifics, for counting: `conversations[3].role ..., got 'x'`
         and `conversations[0].role ..., got 'y'` are one reason."""
         text = re.sub(r"\[\d+\]", "[i]", self.problem)
-        text = re.sub(r"(, got | at column | at byte offset | \(line ).*$", "", text)
+        text = re.sub(r"(, got | at column | at byte offset ).*$", "", text)
         return re.sub(r"^byte 0x[0-9a-f]{2}", "byte", text)
 
 
@@ -224,7 +224,7 @@ def _read_jsonl(path: Path) -> _Raw:
                 while (chunk := f.readline(MAX_LINE_BYTES)) and not chunk.endswith(b"\n"):
                     offset += len(chunk)  # skip the rest of the line without keeping it
                 offset += len(chunk)
-                yield lineno, DataError(path, lineno, f"line is longer than {MAX_LINE_BYTES // 2**20} MiB",
+                yield lineno, DataError(path, lineno, f"line is longer than {MAX_LINE_BYTES:,} bytes",
                                         "split the record or check that this is a JSON-lines file")
                 continue
             try:
