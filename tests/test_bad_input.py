@@ -88,6 +88,44 @@ CASES = [
 EMPTY = ("empty-file", "e.jsonl", b"", "pretrain")
 
 
+def _parquet(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+CASES.append(("mixed-schema-parquet-shards", "pq", {"a.parquet": _parquet([{"text": "one"}, {"text": "two"}]),
+                                                    "b.parquet": _parquet([{"conversations": [USER, BOT]}])},
+              "pretrain", f"/b.parquet:1: missing field 'text'; {HINT}"))
+
+# The other loader kinds, through `sprout data validate --kind` (their stages read with the same code).
+KIND_CASES = [
+    ("dpo", {"chosen": [USER, BOT], "rejected": [USER]},
+     "rejected must end with an assistant message, ends with 'user'"),
+    ("reward", {"chosen": [USER, BOT]}, "missing field 'rejected'"),
+    ("rlaif", {"conversations": [{"role": "system", "content": "be nice"}]}, "conversations has no user message"),
+    ("agent_rl", {"conversations": [USER], "gt": "42"}, "gt must be a list, got str"),
+    ("tokenizer", {"title": "no text here"}, "no text to learn from: needs 'text' or 'conversations'"),
+]
+
+
+@pytest.mark.parametrize("kind,record,problem", KIND_CASES, ids=[c[0] for c in KIND_CASES])
+def test_every_loader_kind(kind, record, problem, tmp_path, capsys):
+    pair = {"chosen": [USER, BOT], "rejected": [USER, BOT]}
+    good = {"dpo": pair, "reward": pair, "rlaif": {"conversations": [USER]},
+            "agent_rl": {"conversations": [USER], "gt": ["42"]}, "tokenizer": {"text": "some words"}}[kind]
+    path = _write(tmp_path, "k.jsonl", _jsonl(good, record))
+    code, _, err = _run(["data", "validate", str(path), "--kind", kind], capsys)
+    _expect(code, err, f"{path}:2: {problem}; {HINT}")
+    code, out, _ = _run(["data", "validate", str(path), "--kind", kind, "--skip-invalid"], capsys)
+    assert code == 0 and out.splitlines()[0] == f"{path}: 1 valid {kind} records"
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     try:
         main(argv)

@@ -111,18 +111,27 @@ def test_keep_last_k_plus_best(tmp_path: Path) -> None:
 
 
 class _Payload:
+    """Unpickling this creates the marker file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_crafted_pickle_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     path = ckpt.save_checkpoint(tmp_path, 1, model, opt, {"step": 1})
-    (path / ckpt.STATE_FILE).write_bytes(pickle.dumps({"step": 1, "x": _Payload()}, protocol=2))
+    marker = tmp_path / "pwned"
+    (path / ckpt.STATE_FILE).write_bytes(pickle.dumps({"step": 1, "x": _Payload(marker)}, protocol=2))
     with pytest.raises(UserError) as e:
         ckpt.load_checkpoint(path, model, opt)
-    assert e.value.located().startswith(f"{path / ckpt.STATE_FILE}: refusing to load: it holds Python objects")
+    assert e.value.located() == (f"{path / ckpt.STATE_FILE}: refusing to load: it holds Python objects other than "
+                                 "tensors and plain data (Trying to load unsupported GLOBAL posix.system whose module "
+                                 "posix is blocked.)")
+    assert not marker.exists()
 
 
 def test_permission_denied_during_save_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -203,6 +203,8 @@ def _load_plain(file: Path, device: torch.device | str) -> Any:
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"refusing to load: it holds Python objects other than tensors and plain data ({e})"
-                        .split("\n")[0] + ")", file=file,
+        # torch's message is a paragraph; the line naming the refused object is the one that matters.
+        lines = [x for x in str(e).splitlines() if "GLOBAL" in x] or [str(e).splitlines()[0]]
+        raise UserError(f"refusing to load: it holds Python objects other than tensors and plain data "
+                        f"({lines[0].strip()})", file=file,
                         advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh") from None
