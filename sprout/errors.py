@@ -49,8 +49,7 @@ class UserError(ValueError):
 def decode_error(exc: UnicodeDecodeError, file: str | Path, line: int | None, line_start: int) -> UserError:
     """Undecodable bytes as FILE:LINE with the byte offset in the file (line_start: offset of the line)."""
     offset = line_start + exc.start
-    bad = exc.object[exc.start:exc.start + 4]
-    return UserError(f"byte 0x{bad[0]:02x} at byte offset {offset} is not valid {exc.encoding.upper()} "
+    return UserError(f"byte 0x{exc.object[exc.start]:02x} at byte offset {offset} is not valid {exc.encoding.upper()} "
                      f"({exc.reason})", file=file, line=line,
                      advice="save the file as UTF-8 text (is it binary or in another encoding?)")
 
@@ -83,7 +82,8 @@ def _os_message(exc: OSError) -> str:
         return f"{name}: is a folder, a file was expected"
     if exc.errno == errno.ENOTDIR:
         return f"{name}: a part of this path is a file, not a folder"
-    return ""
+    # Any other failure on a named file (an I/O error, a stale network mount) is the machine's, not a bug.
+    return f"{name}: {exc.strerror}" if name and exc.strerror else ""
 
 
 def describe(exc: BaseException) -> str | None:
