@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 # Tokens that end an assistant turn in common templates; the first one the template uses is the
 # turn end (the token an answer is scored and trained to finish with).
 TURN_END_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
@@ -84,7 +86,7 @@ class TemplateChat:
                 conversations=[messages], tools=list(tools) if tools else None, chat_template=self.template,
                 add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **self.special)
         except Exception as e:  # jinja2 raises its own errors, templates raise_exception(...) with any text
-            raise ValueError(f"the chat template cannot render this conversation: {type(e).__name__}: {e}") from None
+            raise UserError(f"the chat template cannot render this conversation: {type(e).__name__}: {e}") from None
         return result[0][0]
 
     def render_with_spans(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
