@@ -243,10 +243,15 @@ def test_cli_export_gguf_and_bad_input(tmp_path, capsys):
     main(["export", "gguf", "--model", str(folder), "--out", str(tmp_path / "m.gguf"), "--dtype", "q8_0"])
     assert "m.gguf" in capsys.readouterr().out
     assert gguf.GGUFReader(tmp_path / "m.gguf").fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
-    with pytest.raises(SystemExit, match="config.json is missing"):
+    # Bad input: one line on stderr (`sprout: error: ...`), exit code 1.
+    with pytest.raises(SystemExit) as e:
         main(["export", "gguf", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("sprout: error: ") and "config.json is missing" in err
     moe = make_folder(tmp_path / "moe", "qwen2_moe")  # renormalised routing: llama.cpp would compute another model
     cfg = json.loads((moe / "config.json").read_text())
     (moe / "config.json").write_text(json.dumps({**cfg, "norm_topk_prob": True}))
-    with pytest.raises(SystemExit, match="norm_topk_prob"):
+    with pytest.raises(SystemExit) as e:
         main(["export", "gguf", "--model", str(moe), "--out", str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("sprout: error: ") and "norm_topk_prob" in err
