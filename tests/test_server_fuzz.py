@@ -94,14 +94,27 @@ chat_fields = {
     "repetition_penalty": json_values, "stream_options": json_values, "chat_template_kwargs": json_values,
 }
 chat_body = st.fixed_dictionaries({"messages": messages}, optional=chat_fields)
+# Well-typed requests (any text, any valid option values), so that many reach generation and streaming.
+valid_message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
+                                       "content": st.text(max_size=80)})
+valid_chat = st.fixed_dictionaries(
+    {"messages": st.lists(valid_message, min_size=1, max_size=4).map(lambda m: m + [{"role": "user", "content": "?"}])},
+    optional={"model": st.just("tiny"), "stream": st.booleans(), "max_tokens": st.integers(1, 4),
+              "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50),
+              "seed": st.integers(0, 2**62), "stop": st.lists(st.text(min_size=1, max_size=3), max_size=4),
+              "tools": st.lists(tool, max_size=2).filter(
+                  lambda ts: all(isinstance(t["function"]["name"], str) for t in ts)),
+              "frequency_penalty": st.floats(-2, 2), "stream_options": st.just({"include_usage": True})})
 completion_body = st.fixed_dictionaries({"prompt": st.one_of(st.text(max_size=60), json_values)},
                                         optional={k: chat_fields[k] for k in ("model", "stream", "max_tokens", "stop",
                                                                               "temperature", "seed")})
 raw_bodies = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
                        st.just(b"{" * 3000), st.just(b"[" * 2000 + b"]" * 2000), st.just(b"x" * (BODY_LIMIT + 1)))
-auth = st.sampled_from([f"Bearer {KEY}", f"Bearer {KEY}", f"bearer {KEY}", "Bearer wrong", "", "Basic abc",
-                        f"Bearer {KEY}x", "Bearer " + "k" * 500])
+good_auth = st.sampled_from([f"Bearer {KEY}", f"bearer {KEY}"])
+auth = st.one_of(good_auth, good_auth, st.sampled_from(["Bearer wrong", "", "Basic abc", f"Bearer {KEY}x",
+                                                        "Bearer " + "k" * 500]))
 request = st.one_of(
+    st.tuples(st.just("POST"), st.just("/v1/chat/completions"), valid_chat.map(json.dumps), good_auth),
     st.tuples(st.just("POST"), st.just("/v1/chat/completions"), st.one_of(chat_body.map(json.dumps), raw_bodies), auth),
     st.tuples(st.just("POST"), st.just("/v1/completions"), st.one_of(completion_body.map(json.dumps), raw_bodies), auth),
     st.tuples(st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
@@ -189,3 +202,14 @@ def test_connection_flood_gets_503_and_the_server_recovers(server):
     r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
                     json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 200
+
+
+def test_a_vanishing_temperature_decodes_greedily(server):
+    """Found by the fuzz: temperature=3.5e-264 overflowed logits / temperature and crashed the step (500)."""
+    client, h = server["client"], {"authorization": f"Bearer {KEY}"}
+    texts = []
+    for t in (0, 3.5e-264, 1e-5):
+        r = client.post("/v1/completions", headers=h, json={"prompt": "0", "temperature": t, "max_tokens": 4})
+        assert r.status_code == 200
+        texts.append(r.json()["choices"][0]["text"])
+    assert texts[0] == texts[1] == texts[2]

@@ -238,6 +238,11 @@ def _stops(body: dict) -> list[str]:
     return stop
 
 
+def _temperature(t: float) -> float:
+    """Below 1e-4, logits / t overflows to inf (then NaN probabilities); such a request means greedy."""
+    return 0.0 if t < 1e-4 else t
+
+
 def _sampling(body: dict, entry: ModelEntry, settings: ServeSettings, prompt_len: int) -> SamplingConfig:
     d = entry.defaults
     if body.get("n", 1) != 1:
@@ -256,7 +261,7 @@ def _sampling(body: dict, entry: ModelEntry, settings: ServeSettings, prompt_len
         raise APIError(400, "'seed' must be an integer", param="seed")
     return SamplingConfig(
         max_new_tokens=max(1, min(max_tokens, entry.context_len - prompt_len)),
-        temperature=float(_num(body, "temperature", 0, 2, d.get("temperature", 0.7))),
+        temperature=_temperature(float(_num(body, "temperature", 0, 2, d.get("temperature", 0.7)))),
         top_p=float(_num(body, "top_p", 0, 1, d.get("top_p", 1.0))) or 1e-9,
         top_k=int(_num(body, "top_k", 0, 1 << 20, d.get("top_k", 0), integer=True)),
         repetition_penalty=float(_num(body, "repetition_penalty", 0.01, 10, d.get("repetition_penalty", 1.0))),
