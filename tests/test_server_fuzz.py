@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
@@ -137,8 +137,7 @@ def _send(client: httpx.Client, method: str, path: str, body: str | bytes, autho
 def test_fuzz_no_5xx_and_the_server_stays_up(server):
     client, seen = server["client"], []
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None)
     @given(request)
     def one(req):
         status = _send(client, *req)
