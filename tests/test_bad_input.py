@@ -9,6 +9,7 @@ cases also run as real subprocesses (`python -m sprout.cli ...`) to check the pr
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def _expect(code: int, err: str, message: str) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_data_validate(case, tmp_path, capsys):
-    name, fname, content, kind, tail = case
+    _, fname, content, kind, tail = case
     path = tmp_path / fname if content is None else _write(tmp_path, fname, content)
     code, _, err = _run(["data", "validate", str(path), "--kind", kind], capsys)
     _expect(code, err, f"{path}{tail}")
@@ -152,7 +153,7 @@ def test_data_validate(case, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_train(case, tmp_path, capsys):
-    name, fname, content, kind, tail = case
+    _, fname, content, kind, tail = case
     path = tmp_path / fname if content is None else _write(tmp_path, fname, content)
     stage = "pretrain" if kind == "pretrain" else "sft"
     code, _, err = _run(["train", stage, "--data", str(path), "--out", str(tmp_path / "out"), "--max-steps", "1",
@@ -169,7 +170,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_eval(case, tmp_path, capsys, model_dir):
-    name, fname, content, kind, tail = case
+    _, fname, content, _, tail = case
     path = tmp_path / fname if content is None else _write(tmp_path, fname, content)
     code, _, err = _run(["eval", "--model", str(model_dir), "--data", str(path), "--tasks",
                          "--out", str(tmp_path / "eval"), "--device", "cpu"], capsys)
@@ -233,7 +234,7 @@ def test_sft_truncated_away_is_counted_and_reported(tmp_path, capsys):
     assert "3 cut to seq_len=64; 3 dropped: no assistant token left within seq_len=64 (raise seq_len to keep them)" in out
     rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 2 and all(x == x and x < 100 for x in losses)
+    assert len(losses) == 2 and all(math.isfinite(x) and x < 100 for x in losses)
 
 
 # ---- real processes --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ as plain lists and a crafted pickle cannot run code.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -146,7 +147,7 @@ def save_checkpoint(
 def mark_best(root: Path, step: int, val_loss: float) -> bool:
     """Record checkpoint `step` as the best if its val_loss is the lowest so far; True if it is."""
     path = root / step_dir_name(step)
-    if not (path / STATE_FILE).exists() or not val_loss == val_loss:  # no such checkpoint, or NaN
+    if not (path / STATE_FILE).exists() or math.isnan(val_loss):  # no such checkpoint, or no loss to compare
         return False
     pointer = root / BEST
     if pointer.exists():
