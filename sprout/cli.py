@@ -210,7 +210,9 @@ def cmd_data_download(a: argparse.Namespace) -> None:
 
 def _data_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
-    p.add_argument("--kind", default="sft", choices=["pretrain", "sft", "dpo", "reward", "rlaif", "agent_rl", "tokenizer"])
+    p.add_argument(
+        "--kind", default="sft", choices=["pretrain", "sft", "dpo", "reward", "rlaif", "agent_rl", "tokenizer"]
+    )
     p.add_argument("--skip-invalid", action="store_true")
 
 
@@ -612,8 +614,11 @@ VERBS: dict[str, Verb] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """argparse parsers for every entry of VERBS (and GROUPS), nested by the words of each key."""
-    root = argparse.ArgumentParser(prog="sprout", description="Train a small language model from nothing.",
-                                   epilog="Add --debug (or set SPROUT_DEBUG=1) to see the traceback of an error.")
+    root = argparse.ArgumentParser(
+        prog="sprout",
+        description="Train a small language model from nothing.",
+        epilog="Add --debug (or set SPROUT_DEBUG=1) to see the traceback of an error.",
+    )
     parsers: dict[str, argparse.ArgumentParser] = {"": root}
     subs: dict[str, Any] = {}  # key -> its sub-verbs action
 

@@ -6,6 +6,7 @@ bytes, bad JSON, CUDA out of memory) into the same one-line form. `run_cli` wrap
 failures print that line to stderr and exit 1; anything else is a bug in sprout and keeps its
 traceback. `--debug` (or SPROUT_DEBUG=1) shows the traceback for every failure.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,8 +14,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 EXIT_ERROR = 1  # argparse keeps 2 for usage errors
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
@@ -24,8 +25,15 @@ DEBUG_ENV = "SPROUT_DEBUG"
 class UserError(ValueError):
     """A failure the user can fix: where (file, line, field), what is wrong, what to do about it."""
 
-    def __init__(self, problem: str, *, file: str | Path | None = None, line: int | None = None,
-                 field: str | None = None, advice: str | None = None) -> None:
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        advice: str | None = None,
+    ) -> None:
         self.problem, self.field, self.advice = problem, field, advice
         self.file = str(file) if file is not None else None
         self.line = line
@@ -49,9 +57,13 @@ class UserError(ValueError):
 def decode_error(exc: UnicodeDecodeError, file: str | Path, line: int | None, line_start: int) -> UserError:
     """Undecodable bytes as FILE:LINE with the byte offset in the file (line_start: offset of the line)."""
     offset = line_start + exc.start
-    return UserError(f"byte 0x{exc.object[exc.start]:02x} at byte offset {offset} is not valid {exc.encoding.upper()} "
-                     f"({exc.reason})", file=file, line=line,
-                     advice="save the file as UTF-8 text (is it binary or in another encoding?)")
+    return UserError(
+        f"byte 0x{exc.object[exc.start]:02x} at byte offset {offset} is not valid {exc.encoding.upper()} "
+        f"({exc.reason})",
+        file=file,
+        line=line,
+        advice="save the file as UTF-8 text (is it binary or in another encoding?)",
+    )
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
@@ -72,8 +84,10 @@ def _os_message(exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return f"{name}: permission denied; check the owner and mode of this path (ls -l)"
     if exc.errno == errno.ENOSPC:
-        return (f"{name or 'disk'}: no space left on the device; free some space (old checkpoints and runs) "
-                "and run the same command again (training: add --resume)")
+        return (
+            f"{name or 'disk'}: no space left on the device; free some space (old checkpoints and runs) "
+            "and run the same command again (training: add --resume)"
+        )
     if exc.errno == errno.EDQUOT:
         return f"{name or 'disk'}: disk quota exceeded; free some space and run again"
     if exc.errno == errno.EROFS:
@@ -91,8 +105,10 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(exc, UserError):
         return exc.message()
     if isinstance(exc, UnicodeDecodeError):
-        return (f"byte 0x{exc.object[exc.start]:02x} at byte offset {exc.start} is not valid "
-                f"{exc.encoding.upper()} ({exc.reason}); save the input as UTF-8 text")
+        return (
+            f"byte 0x{exc.object[exc.start]:02x} at byte offset {exc.start} is not valid "
+            f"{exc.encoding.upper()} ({exc.reason}); save the input as UTF-8 text"
+        )
     if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     if isinstance(exc, OSError):
@@ -139,8 +155,7 @@ def run_cli(fn: Callable[[list[str]], None], argv: Sequence[str]) -> int:
         message = describe(exc)
         if message is None or debug:
             if message is None:
-                print("sprout: internal error (a bug in sprout; please report it with this traceback)",
-                      file=sys.stderr)
+                print("sprout: internal error (a bug in sprout; please report it with this traceback)", file=sys.stderr)
             traceback.print_exc()
         if message is not None:
             print(f"sprout: error: {message}", file=sys.stderr)

@@ -1,13 +1,13 @@
 """A model folder's own chat template is untrusted code: it renders in transformers' sandboxed Jinja
 environment (sprout/tokenizer_template.py), so a template that reaches for Python internals is
 refused without running, and every template failure reaches the user as one line."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import save_tiny_chat_model
 
 from sprout.cli import main
@@ -47,14 +47,21 @@ def test_unsafe_templates_are_refused_and_never_run(template: str, tmp_path: Pat
 def test_a_folder_template_renders_like_transformers(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
-                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     folder = _folder_with_template(tmp_path / "tok", template)
     messages = [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hi"}]
     ours = Tokenizer.load(folder).apply_chat_template(messages, add_generation_prompt=True)
-    theirs = AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=False,
-                                                                        add_generation_prompt=True)
-    assert ours == theirs == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    theirs = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        ours
+        == theirs
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_template_failure_in_training_is_one_line(tmp_path: Path, capsys) -> None:
@@ -64,12 +71,30 @@ def test_template_failure_in_training_is_one_line(tmp_path: Path, capsys) -> Non
     for name in ("config.json", "model.safetensors"):
         (folder / name).write_bytes((tmp_path / "base" / name).read_bytes())
     data = tmp_path / "s.jsonl"
-    data.write_text(json.dumps({"conversations": [{"role": "user", "content": "hi"},
-                                                  {"role": "assistant", "content": "hello"}]}) + "\n")
+    data.write_text(
+        json.dumps({"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+        + "\n"
+    )
     with pytest.raises(SystemExit) as e:
-        main(["train", "sft", "--model", str(folder), "--data", str(data), "--out", str(tmp_path / "o"),
-              "--max-steps", "1", "seq_len=32", "batch_size=1"])
+        main(
+            [
+                "train",
+                "sft",
+                "--model",
+                str(folder),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "1",
+                "seq_len=32",
+                "batch_size=1",
+            ]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 1 and "Traceback" not in err
-    assert err.startswith(f"sprout: error: {data}:1: the chat template cannot render this conversation: "
-                          "TemplateError: roles must alternate")
+    assert err.startswith(
+        f"sprout: error: {data}:1: the chat template cannot render this conversation: "
+        "TemplateError: roles must alternate"
+    )

@@ -1,6 +1,7 @@
 """Numerical guards and checkpoint safety inside the one engine: non-finite gradients are skipped
 and counted, a full disk never damages the last good checkpoint, the best checkpoint survives
 pruning, and a crafted pickle in a checkpoint is refused."""
+
 from __future__ import annotations
 
 import errno
@@ -11,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_engine import SyntheticObjective, final_weights, make_cfg
 
 from sprout.errors import UserError
-from sprout.train import register, train
 from sprout.train import checkpoint as ckpt
+from sprout.train import register, train
 from sprout.train.guards import StepGuard, oom_advice
 
 
@@ -62,7 +62,9 @@ def test_guard_stops_after_several_in_a_row_with_advice() -> None:
     guard = StepGuard(2, Path("runs/x/checkpoints"))
     assert guard.accept(True, 1.5, 1) == (True, None)
     ok, note = guard.accept(True, float("nan"), 2)
-    assert not ok and note == "step 2: non-finite gradient norm, skipping these batches (1/2 in a row, 1 skipped in all)"
+    assert (
+        not ok and note == "step 2: non-finite gradient norm, skipping these batches (1/2 in a row, 1 skipped in all)"
+    )
     assert guard.accept(True, 0.3, 3)[0]  # a good step resets the run of bad ones
     guard.accept(False, None, 4)
     with pytest.raises(UserError) as e:
@@ -74,7 +76,8 @@ def test_guard_stops_after_several_in_a_row_with_advice() -> None:
 def test_oom_advice_keeps_tokens_per_step() -> None:
     assert oom_advice(16, 512, 1) == (
         "CUDA out of memory at batch_size=16, seq_len=512, grad_accum=1; try batch_size=8 grad_accum=2 "
-        "(same tokens per step), a shorter seq_len, or dtype=bf16; resume with --resume")
+        "(same tokens per step), a shorter seq_len, or dtype=bf16; resume with --resume"
+    )
 
 
 def test_disk_full_during_save_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -128,9 +131,11 @@ def test_crafted_pickle_in_a_checkpoint_is_refused(tmp_path: Path) -> None:
     (path / ckpt.STATE_FILE).write_bytes(pickle.dumps({"step": 1, "x": _Payload(marker)}, protocol=2))
     with pytest.raises(UserError) as e:
         ckpt.load_checkpoint(path, model, opt)
-    assert e.value.located() == (f"{path / ckpt.STATE_FILE}: refusing to load: it holds Python objects other than "
-                                 "tensors and plain data (Trying to load unsupported GLOBAL posix.system whose module "
-                                 "posix is blocked.)")
+    assert e.value.located() == (
+        f"{path / ckpt.STATE_FILE}: refusing to load: it holds Python objects other than "
+        "tensors and plain data (Trying to load unsupported GLOBAL posix.system whose module "
+        "posix is blocked.)"
+    )
     assert not marker.exists()
 
 
@@ -148,7 +153,8 @@ def test_permission_denied_during_save_keeps_the_last_good_checkpoint(tmp_path: 
     assert e.value.message() == (
         f"could not write checkpoint step_0000010: {root / '.tmp-step_0000010' / ckpt.MODEL_FILE}: permission denied; "
         f"check the owner and mode of this path (ls -l); the last good checkpoint is {good}, untouched; "
-        "resume from it with --resume")
+        "resume from it with --resume"
+    )
     assert ckpt.latest_checkpoint(root) == good and ckpt.list_checkpoints(root) == [good]
 
 
@@ -200,8 +206,17 @@ def test_auto_batch_size_halves_until_it_fits_and_keeps_tokens_per_step(tmp_path
     auto, manual = final_weights(tmp_path / "auto"), final_weights(tmp_path / "manual")
     assert all(torch.equal(auto[k], manual[k]) for k in manual)
     # A resumed run reuses the size its checkpoint was written with (2 x 4), not the one asked for (8 x 1).
-    train(make_cfg(tmp_path / "auto", stage="small-memory-test", batch_size=8, grad_accum=1, auto_batch_size=True,
-                   max_steps=16, resume=True))
+    train(
+        make_cfg(
+            tmp_path / "auto",
+            stage="small-memory-test",
+            batch_size=8,
+            grad_accum=1,
+            auto_batch_size=True,
+            max_steps=16,
+            resume=True,
+        )
+    )
     train(make_cfg(tmp_path / "manual", batch_size=2, grad_accum=4, max_steps=16, resume=True))
     auto, manual = final_weights(tmp_path / "auto"), final_weights(tmp_path / "manual")
     assert all(torch.equal(auto[k], manual[k]) for k in manual)

@@ -1,5 +1,6 @@
 """Loading never unpickles: a model folder whose weights are a pickle is refused with a clear
 message and the pickle's payload never runs (a checkpoint's pickle: see test_guards.py)."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from conftest import save_tiny_chat_model
 
 from sprout.cli import main
@@ -34,16 +34,19 @@ def _pickle_folder(tmp_path: Path) -> tuple[Path, Path]:
     return folder, marker
 
 
-ADVICE = ("sprout reads only model.safetensors; convert weights you trust with transformers "
-          "(model.save_pretrained(dir, safe_serialization=True))")
+ADVICE = (
+    "sprout reads only model.safetensors; convert weights you trust with transformers "
+    "(model.save_pretrained(dir, safe_serialization=True))"
+)
 
 
 def test_pickle_weights_are_refused_and_never_run(tmp_path: Path) -> None:
     folder, marker = _pickle_folder(tmp_path)
     with pytest.raises(UserError) as e:
         load_model(folder)
-    assert e.value.message() == (f"{folder}: refusing to load pytorch_model.bin: it is a pickle file, and "
-                                 f"unpickling can run any code; {ADVICE}")
+    assert e.value.message() == (
+        f"{folder}: refusing to load pytorch_model.bin: it is a pickle file, and unpickling can run any code; {ADVICE}"
+    )
     assert not marker.exists()
 
 
@@ -53,8 +56,10 @@ def test_cli_refuses_pickle_weights_in_one_line(tmp_path: Path, capsys) -> None:
         main(["eval", "--model", str(folder), "--tasks", "--device", "cpu", "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "Traceback" not in err
-    assert err == (f"sprout: error: {folder}: refusing to load pytorch_model.bin: it is a pickle file, and "
-                   f"unpickling can run any code; {ADVICE}\n")
+    assert err == (
+        f"sprout: error: {folder}: refusing to load pytorch_model.bin: it is a pickle file, and "
+        f"unpickling can run any code; {ADVICE}\n"
+    )
     assert not marker.exists()
 
 

@@ -6,6 +6,7 @@ and the concurrency caps (429 from the app, 503 from uvicorn's connection limit)
 
 Hypothesis runs derandomized (a fixed sequence of examples), so a CI failure reproduces locally.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,9 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import tiny_model  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
 
 from sprout.infer.server import ModelRegistry, ServeSettings, connection_limit, create_app  # noqa: E402
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir  # noqa: E402
@@ -56,8 +56,16 @@ def _start(app, **config) -> tuple[uvicorn.Server, threading.Thread, str]:
 def server():
     torch.set_num_threads(1)
     tok = Tokenizer.load(default_tokenizer_dir())
-    cfg = ServeSettings(api_key=KEY, max_tokens_cap=4, default_max_tokens=2, max_concurrent=8, max_batch=8,
-                        request_timeout=20, max_body_bytes=BODY_LIMIT, body_timeout=1.0)
+    cfg = ServeSettings(
+        api_key=KEY,
+        max_tokens_cap=4,
+        default_max_tokens=2,
+        max_concurrent=8,
+        max_batch=8,
+        request_timeout=20,
+        max_body_bytes=BODY_LIMIT,
+        body_timeout=1.0,
+    )
     registry = ModelRegistry(cfg)
     registry.add("tiny", tiny_model(0, vocab_size=tok.vocab_size), tok)
     srv, th, base = _start(create_app(registry, cfg), limit_concurrency=connection_limit(cfg))
@@ -68,59 +76,118 @@ def server():
 
 
 # ---- request strategies ------------------------------------------------------------------------
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=30))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=12)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 roles = st.one_of(st.sampled_from(["system", "user", "assistant", "tool", "developer"]), json_values)
-content = st.one_of(st.text(max_size=60), json_values,
-                    st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
-                                                    "text": st.one_of(st.text(max_size=20), json_values)}), max_size=3))
-message = st.fixed_dictionaries({"role": roles}, optional={
-    "content": content, "tool_calls": json_values, "reasoning_content": json_values, "name": json_values})
+content = st.one_of(
+    st.text(max_size=60),
+    json_values,
+    st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "image_url"]), "text": st.one_of(st.text(max_size=20), json_values)}
+        ),
+        max_size=3,
+    ),
+)
+message = st.fixed_dictionaries(
+    {"role": roles},
+    optional={"content": content, "tool_calls": json_values, "reasoning_content": json_values, "name": json_values},
+)
 messages = st.one_of(st.lists(message, min_size=1, max_size=4), json_values)
 small_ints = st.one_of(st.integers(-3, 8), json_values)
-tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-    {"name": st.one_of(st.text(min_size=1, max_size=10), json_values)}, optional={"parameters": json_values})})
+tool = st.fixed_dictionaries(
+    {
+        "type": st.just("function"),
+        "function": st.fixed_dictionaries(
+            {"name": st.one_of(st.text(min_size=1, max_size=10), json_values)}, optional={"parameters": json_values}
+        ),
+    }
+)
 chat_fields = {
-    "model": st.one_of(st.just("tiny"), json_values), "stream": st.one_of(st.booleans(), json_values),
-    "max_tokens": small_ints, "max_completion_tokens": small_ints, "temperature": st.one_of(st.floats(-1, 3), json_values),
-    "top_p": st.one_of(st.floats(-1, 2), json_values), "top_k": small_ints, "seed": st.one_of(st.integers(), json_values),
+    "model": st.one_of(st.just("tiny"), json_values),
+    "stream": st.one_of(st.booleans(), json_values),
+    "max_tokens": small_ints,
+    "max_completion_tokens": small_ints,
+    "temperature": st.one_of(st.floats(-1, 3), json_values),
+    "top_p": st.one_of(st.floats(-1, 2), json_values),
+    "top_k": small_ints,
+    "seed": st.one_of(st.integers(), json_values),
     "stop": st.one_of(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=6), json_values),
-    "n": small_ints, "tools": st.one_of(st.lists(tool, max_size=2), json_values),
+    "n": small_ints,
+    "tools": st.one_of(st.lists(tool, max_size=2), json_values),
     "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required"]), json_values),
-    "frequency_penalty": st.one_of(st.floats(-3, 3), json_values), "presence_penalty": json_values,
-    "repetition_penalty": json_values, "stream_options": json_values, "chat_template_kwargs": json_values,
+    "frequency_penalty": st.one_of(st.floats(-3, 3), json_values),
+    "presence_penalty": json_values,
+    "repetition_penalty": json_values,
+    "stream_options": json_values,
+    "chat_template_kwargs": json_values,
 }
 chat_body = st.fixed_dictionaries({"messages": messages}, optional=chat_fields)
 # Well-typed requests (any text, any valid option values), so that many reach generation and streaming.
-valid_message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
-                                       "content": st.text(max_size=80)})
+valid_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "developer"]), "content": st.text(max_size=80)}
+)
 valid_chat = st.fixed_dictionaries(
     {"messages": st.lists(valid_message, min_size=1, max_size=4).map(lambda m: m + [{"role": "user", "content": "?"}])},
-    optional={"model": st.just("tiny"), "stream": st.booleans(), "max_tokens": st.integers(1, 4),
-              "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50),
-              "seed": st.integers(0, 2**62), "stop": st.lists(st.text(min_size=1, max_size=3), max_size=4),
-              "tools": st.lists(tool, max_size=2).filter(
-                  lambda ts: all(isinstance(t["function"]["name"], str) for t in ts)),
-              "frequency_penalty": st.floats(-2, 2), "stream_options": st.just({"include_usage": True})})
-completion_body = st.fixed_dictionaries({"prompt": st.one_of(st.text(max_size=60), json_values)},
-                                        optional={k: chat_fields[k] for k in ("model", "stream", "max_tokens", "stop",
-                                                                              "temperature", "seed")})
-raw_bodies = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
-                       st.just(b"{" * 3000), st.just(b"[" * 2000 + b"]" * 2000), st.just(b"x" * (BODY_LIMIT + 1)))
+    optional={
+        "model": st.just("tiny"),
+        "stream": st.booleans(),
+        "max_tokens": st.integers(1, 4),
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "top_k": st.integers(0, 50),
+        "seed": st.integers(0, 2**62),
+        "stop": st.lists(st.text(min_size=1, max_size=3), max_size=4),
+        "tools": st.lists(tool, max_size=2).filter(lambda ts: all(isinstance(t["function"]["name"], str) for t in ts)),
+        "frequency_penalty": st.floats(-2, 2),
+        "stream_options": st.just({"include_usage": True}),
+    },
+)
+completion_body = st.fixed_dictionaries(
+    {"prompt": st.one_of(st.text(max_size=60), json_values)},
+    optional={k: chat_fields[k] for k in ("model", "stream", "max_tokens", "stop", "temperature", "seed")},
+)
+raw_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200).map(str.encode),
+    st.just(b"{" * 3000),
+    st.just(b"[" * 2000 + b"]" * 2000),
+    st.just(b"x" * (BODY_LIMIT + 1)),
+)
 good_auth = st.sampled_from([f"Bearer {KEY}", f"bearer {KEY}"])
-auth = st.one_of(good_auth, good_auth, st.sampled_from(["Bearer wrong", "", "Basic abc", f"Bearer {KEY}x",
-                                                        "Bearer " + "k" * 500]))
+auth = st.one_of(
+    good_auth, good_auth, st.sampled_from(["Bearer wrong", "", "Basic abc", f"Bearer {KEY}x", "Bearer " + "k" * 500])
+)
 request = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/chat/completions"), valid_chat.map(json.dumps), good_auth),
     st.tuples(st.just("POST"), st.just("/v1/chat/completions"), st.one_of(chat_body.map(json.dumps), raw_bodies), auth),
-    st.tuples(st.just("POST"), st.just("/v1/completions"), st.one_of(completion_body.map(json.dumps), raw_bodies), auth),
-    st.tuples(st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
-              st.sampled_from(["/v1/models", "/health", "/", "/v1/chat/completions", "/v1/../etc/passwd",
-                               "/v1/models/tiny", "/static/../../x", "/%00", "/v1/" + "a" * 300]),
-              raw_bodies, auth),
+    st.tuples(
+        st.just("POST"), st.just("/v1/completions"), st.one_of(completion_body.map(json.dumps), raw_bodies), auth
+    ),
+    st.tuples(
+        st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+        st.sampled_from(
+            [
+                "/v1/models",
+                "/health",
+                "/",
+                "/v1/chat/completions",
+                "/v1/../etc/passwd",
+                "/v1/models/tiny",
+                "/static/../../x",
+                "/%00",
+                "/v1/" + "a" * 300,
+            ]
+        ),
+        raw_bodies,
+        auth,
+    ),
 )
 
 
@@ -128,8 +195,7 @@ def _send(client: httpx.Client, method: str, path: str, body: str | bytes, autho
     headers = {"content-type": "application/json"}
     if authorization:
         headers["authorization"] = authorization
-    with client.stream(method, path, content=body if isinstance(body, bytes) else body.encode(),
-                       headers=headers) as r:
+    with client.stream(method, path, content=body if isinstance(body, bytes) else body.encode(), headers=headers) as r:
         r.read()  # a stream must end cleanly too (its errors arrive as data events, never as a dropped connection)
         return r.status_code
 
@@ -148,8 +214,11 @@ def test_fuzz_no_5xx_and_the_server_stays_up(server):
     assert len(seen) >= EXAMPLES
     assert {400, 401, 404}.issubset(seen) and 200 in seen  # the fuzz reached real and rejected paths alike
     assert client.get("/health").json()["status"] == "ok"
-    r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    r = client.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
 
 
@@ -180,13 +249,17 @@ def test_connection_flood_gets_503_and_the_server_recovers(server):
     limit = connection_limit(server["settings"])
 
     async def flood() -> list[int]:
-        async with httpx.AsyncClient(base_url=server["base"], timeout=30,
-                                     limits=httpx.Limits(max_connections=None)) as ac:
+        async with httpx.AsyncClient(
+            base_url=server["base"], timeout=30, limits=httpx.Limits(max_connections=None)
+        ) as ac:
+
             async def hold(i: int) -> int:
                 # Streaming chat requests stay open while they decode; each holds one connection.
-                r = await ac.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                                  json={"messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 4,
-                                        "stream": True})
+                r = await ac.post(
+                    "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {KEY}"},
+                    json={"messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 4, "stream": True},
+                )
                 return r.status_code
 
             return await asyncio.gather(*(hold(i) for i in range(limit + 40)))
@@ -198,8 +271,11 @@ def test_connection_flood_gets_503_and_the_server_recovers(server):
     assert 503 in codes
     client = server["client"]
     assert client.get("/health").status_code == 200
-    r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    r = client.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
     assert r.status_code == 200
 
 

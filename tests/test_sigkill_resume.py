@@ -8,6 +8,7 @@ written: on_step runs after saving) and `mid-save` from inside its n-th save whe
 there: after the weights file is written and before the optimizer and trainer state are, where it
 then waits to be killed.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,9 +31,24 @@ KILLS = 12
 def _cfg(data: Path, out: Path, resume: bool):
     from sprout.config import TrainConfig
 
-    return TrainConfig(stage="pretrain", data=str(data), out=str(out), preset="tiny", seq_len=32, batch_size=4,
-                       max_steps=STEPS, save_every=1, eval_every=4, eval_batches=1, log_every=1,
-                       val_fraction=0.05, device="cpu", dtype="fp32", seed=7, resume=resume)
+    return TrainConfig(
+        stage="pretrain",
+        data=str(data),
+        out=str(out),
+        preset="tiny",
+        seq_len=32,
+        batch_size=4,
+        max_steps=STEPS,
+        save_every=1,
+        eval_every=4,
+        eval_batches=1,
+        log_every=1,
+        val_fraction=0.05,
+        device="cpu",
+        dtype="fp32",
+        seed=7,
+        resume=resume,
+    )
 
 
 def _child(data: str, out: str, resume: bool, events: str, hang_in_save: int | None) -> None:
@@ -83,8 +99,9 @@ def _after_step(k: int, delay: float):
     return ready
 
 
-def _run(ctx, data: Path, out: Path, events: Path, kill_when=None, hang_in_save: int | None = None,
-         timeout: float = 120.0) -> bool:
+def _run(
+    ctx, data: Path, out: Path, events: Path, kill_when=None, hang_in_save: int | None = None, timeout: float = 120.0
+) -> bool:
     """Start a child; kill it with SIGKILL once kill_when(events) is true. Returns True if it was killed."""
     events.unlink(missing_ok=True)
     resume = latest_checkpoint(out / "checkpoints") is not None
@@ -109,12 +126,22 @@ def _run(ctx, data: Path, out: Path, events: Path, kill_when=None, hang_in_save:
 
 def test_sigkill_at_random_moments_and_inside_saves_then_resume_is_bit_identical(tmp_path: Path) -> None:
     data = tmp_path / "pre.jsonl"
-    data.write_text("".join(json.dumps({"text": f"policy {i} covers fire, flood and theft in zone {i % 7}."}) + "\n"
-                            for i in range(300)))
+    data.write_text(
+        "".join(
+            json.dumps({"text": f"policy {i} covers fire, flood and theft in zone {i % 7}."}) + "\n" for i in range(300)
+        )
+    )
     ctx = mp.get_context("forkserver")
     # torch._dynamo is imported lazily by the first optimizer step (seconds): import it once, here.
-    ctx.set_forkserver_preload(["sprout.train.engine", "sprout.train.objectives.lm", "sprout.data.tokenized",
-                                "sprout.tokenizer", "torch._dynamo"])
+    ctx.set_forkserver_preload(
+        [
+            "sprout.train.engine",
+            "sprout.train.objectives.lm",
+            "sprout.data.tokenized",
+            "sprout.tokenizer",
+            "torch._dynamo",
+        ]
+    )
 
     ref = tmp_path / "reference"
     _run(ctx, data, ref, tmp_path / "ref.events")
@@ -146,6 +173,9 @@ def test_sigkill_at_random_moments_and_inside_saves_then_resume_is_bit_identical
     assert ref_w.keys() == got_w.keys()
     for name in ref_w:
         assert ref_w[name].equal(got_w[name]), name
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
-             if '"loss"' in x and '"split"' not in x]
+    steps = [
+        json.loads(x)["step"]
+        for x in (out / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in x and '"split"' not in x
+    ]
     assert max(steps) == STEPS

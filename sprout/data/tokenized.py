@@ -244,7 +244,8 @@ def tokenize_pretrain(
         "train": {"tokens": train.tokens, "docs": train.docs},
         "val": {"tokens": val.tokens, "docs": val.docs},
         "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,
-        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files, "chars": chars, "seconds": round(seconds, 3), "chars_per_s": round(chars / max(seconds, 1e-9)),
+        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files, "chars": chars,
+        "seconds": round(seconds, 3), "chars_per_s": round(chars / max(seconds, 1e-9)),
         "val_fraction": val_fraction, "seed": seed, "cache_key": key,
         "files": ["train.bin", "val.bin"], "cached": False,
     }

@@ -45,7 +45,8 @@ def read_config(folder: str | Path):
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON ({e})", file=path, advice="restore config.json from where the model came from")
+        raise UserError(f"not valid JSON ({e})", file=path,
+                        advice="restore config.json from where the model came from") from None
     if not isinstance(d, dict):
         raise UserError("must hold a JSON object", file=path)
     mt = d.get("model_type")

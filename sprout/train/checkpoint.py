@@ -208,4 +208,5 @@ def _load_plain(file: Path, device: torch.device | str) -> Any:
         lines = [x for x in str(e).splitlines() if "GLOBAL" in x] or [str(e).splitlines()[0]]
         raise UserError(f"refusing to load: it holds Python objects other than tensors and plain data "
                         f"({lines[0].strip()})", file=file,
-                        advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh") from None
+                        advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh",
+                        ) from None

@@ -445,14 +445,22 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     return run, st
 
 
-def _auto_batch_size(cfg: TrainConfig, model: nn.Module, objective: Objective, train_ds: Dataset, precision: Any,
-                     device: torch.device, resume_from: Path | None) -> TrainConfig:
+def _auto_batch_size(
+    cfg: TrainConfig,
+    model: nn.Module,
+    objective: Objective,
+    train_ds: Dataset,
+    precision: Any,
+    device: torch.device,
+    resume_from: Path | None,
+) -> TrainConfig:
     """auto_batch_size=true: the largest micro-batch that fits, found once; a resumed run reuses it (its
     checkpoint's batch_size and grad_accum), so the data order stays the same."""
     if resume_from is not None:
         saved = saved_config(resume_from)
         bs, ga = int(saved["batch_size"]), int(saved["grad_accum"])
     else:
+
         def try_batch(b: int) -> None:
             batch = move_batch(objective.collate([train_ds[i % _len(train_ds)] for i in range(b)]), device)
             with precision.autocast():
@@ -626,9 +634,10 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     # are all-reduced, so every rank sees the same norm and takes the same decision.
     measured = None if grad_norm is None or run.scaler is not None else float(grad_norm)
     ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
-    if not ok or grad_norm is None:
+    if not ok or grad_norm is None:  # (the guard never accepts a step without a gradient)
         run.optimizer.zero_grad(set_to_none=True)
-        run.display.print(note)
+        if note:
+            run.display.print(note)
         return None
     step_optimizer(run)
     run.objective.on_optimizer_step(run.model)
