@@ -1,12 +1,13 @@
-"""`sprout bench train`: training throughput (tokens/s) of a preset at each precision.
+"""`sprout bench train`: training throughput (tokens/s), model FLOP/s and MFU of a preset at each precision.
 
 Speed goals live here, not in tests: the numbers depend on the machine. Results are printed as a
 markdown table to paste into docs/BENCHMARKS.md together with the machine and the command.
 """
 from __future__ import annotations
 
-import platform
 import time
+
+from .common import fmt_rate, machine, peak_memory_bytes, peaks, print_json_last, train_flops_per_token
 
 
 def bench_train(
@@ -15,11 +16,12 @@ def bench_train(
     import torch
     import torch.nn.functional as F
 
-    from .models import build_model, model_preset
-    from .train.device import select_device, select_precision
-    from .train.optim import build_optimizer
+    from ..models import build_model, model_preset
+    from ..train.device import select_device, select_precision
+    from ..train.optim import build_optimizer
 
     dev = select_device(device)
+    pk = peaks(dev)
     rows = []
     for dtype in dtypes:
         torch.manual_seed(0)
@@ -42,18 +44,23 @@ def bench_train(
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps
+        tps = batch_size * seq_len / dt
+        flops = tps * train_flops_per_token(model, seq_len)
+        peak = pk["peak_fp32_flops"] if precision.name == "fp32" else pk["peak_bf16_flops"]
         rows.append({"preset": preset, "dtype": precision.name, "device": str(dev), "seq_len": seq_len,
-                     "batch_size": batch_size, "tokens_per_s": batch_size * seq_len / dt, "step_s": dt})
+                     "batch_size": batch_size, "tokens_per_s": tps, "step_s": dt, "model_flops_per_s": flops,
+                     "mfu": flops / peak, "peak_flops": peak, "peak_source": pk["peak_source"],
+                     "peak_memory_bytes": peak_memory_bytes(dev)})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| preset | device | precision | seq_len × batch | step (s) | tokens/s |")
-    print("|---|---|---|---|---|---|")
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, load average {m.get('load_avg_1m')}")
+    print("| preset | device | precision | seq_len × batch | step (s) | tokens/s | model FLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['seq_len']} × {r['batch_size']} "
-              f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} |")
+              f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {fmt_rate(r['model_flops_per_s'])} "
+              f"| {r['mfu']:.0%} of {r['peak_source']} |")
+    print_json_last({"bench": "train", "machine": m, "rows": rows})

@@ -1,0 +1,55 @@
+"""`sprout bench`: FLOP counts against a hand count, the JSON last line, infer next to transformers."""
+import json
+
+import torch
+
+from conftest import tiny_model
+from sprout.bench.common import decode_flops_per_token, matmul_params, train_flops_per_token, weight_bytes
+from sprout.cli import main
+
+
+def test_flops_per_token_match_a_hand_count():
+    model = tiny_model()
+    c = model.config
+    h, f, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * f  # q, k, v, o projections; gate, up, down
+    n = L * per_layer + h * c.vocab_size  # + lm_head (tied or not, counted once); embeddings are a lookup
+    assert matmul_params(model) == n
+    assert train_flops_per_token(model, 100) == 6 * n + 12 * L * q * 100
+    assert decode_flops_per_token(model, 10) == 2 * n + 4 * L * q * 10
+    assert weight_bytes(model) == 4 * n
+
+
+def test_bench_infer_prints_a_table_and_a_json_last_line_with_transformers_alongside(capsys, monkeypatch):
+    monkeypatch.setattr("sprout.bench.infer.peaks", lambda dev: {  # the real measurement takes seconds
+        "peak_fp32_flops": 1e11, "peak_bf16_flops": 2e11, "peak_bandwidth_Bps": 1e10, "peak_source": "measured"})
+    main(["bench", "infer", "--preset", "tiny", "--batch-sizes", "1,3", "--new-tokens", "6", "--prompt-len", "5",
+          "--rounds", "1", "--compare-hf"])
+    out = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(out[-1])
+    assert [(r["engine"], r["batch"]) for r in res["rows"]] == [
+        ("sprout", 1), ("transformers", 1), ("sprout", 3), ("transformers", 3)]
+    r = res["rows"][0]
+    assert r["tokens_per_s"] > 0 and r["ceiling_fraction"] == r["tokens_per_s"] / (1e10 / res["weight_bytes"])
+    assert set(res["ratios"]) == {"sprout_vs_transformers_b1", "sprout_vs_transformers_b3", "sprout_b3_vs_b1",
+                                  "transformers_b3_vs_b1"}
+    assert any(line.startswith("| sprout | 3 |") for line in out)
+
+
+def test_greedy_tokens_of_sprout_and_transformers_agree_on_the_benchmarked_folder(tmp_path):
+    """The infer benchmark times both on the same weights; they must also produce the same tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from sprout.bench.infer import make_prompts
+    from sprout.infer.generate import SamplingConfig, generate
+    from sprout.models.hub import save_model
+
+    model = tiny_model()
+    save_model(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompt = make_prompts("synthetic", 1, 7, model.config.vocab_size, None)[0]
+    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=8, temperature=0, stop_token_ids=[]))[0]
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)[0, 7:].tolist()
+    assert ours == theirs
