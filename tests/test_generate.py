@@ -66,3 +66,33 @@ def test_frequency_and_presence_penalties_count_generated_tokens():
     sc = SamplingConfig(max_new_tokens=20, temperature=0, stop_token_ids=[], frequency_penalty=1e4)
     out = generate(model, [[5, 6, 7]], sc)[0]
     assert len(set(out)) == len(out) == 20
+
+
+def test_text_decoder_pieces_join_to_the_full_decode_with_the_real_tokenizer():
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    text = "Car insurance 车险 covers damage — 保险公司 pays, minus the deductible (免赔额). " * 3
+    ids = tok.encode(text)
+    g = torch.Generator().manual_seed(0)
+    ids += torch.randint(0, tok.vocab_size, (60,), generator=g).tolist()  # arbitrary ids, byte-level splits
+    full = tok.decode(ids, skip_special_tokens=False)
+    dec = TextDecoder(lambda t: tok.decode(t, skip_special_tokens=False))
+    joined = "".join(dec.push(t) for t in ids)
+    assert full.startswith(joined) and len(joined) >= len(full.rstrip("\ufffd")) - 2
+    assert joined.startswith(text)
+
+
+def test_padded_batch_with_penalties_and_sampling_matches_rows_alone():
+    model = tiny_model()
+    prompts = [[5, 6, 7, 8, 9], [20, 21], [40, 41, 42]]
+    sc = SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[], repetition_penalty=1.3,
+                        frequency_penalty=0.5)
+    assert generate(model, prompts, sc) == [generate(model, [p], sc)[0] for p in prompts]
+    # a stop token that ends one row early leaves the others as they were alone
+    alone = [generate(model, [p], sc)[0] for p in prompts]
+    sc.stop_token_ids = [alone[1][3]]
+    stopped = generate(model, prompts, sc, include_stop=True)
+    for got, free in zip(stopped, alone):
+        cut = free.index(sc.stop_token_ids[0]) + 1 if sc.stop_token_ids[0] in free else len(free)
+        assert got == free[:cut]

@@ -59,10 +59,12 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
-def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor, gen: torch.Generator | None,
+def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor | None, gen: torch.Generator | None,
                 counts: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [B, V] (fp32) -> next token ids [B]. counts [B, V]: tokens generated so far per row."""
-    logits = apply_repetition_penalty(logits, seen, sc.repetition_penalty)
+    """logits [B, V] (fp32) -> next token ids [B], for the whole batch at once. seen [B, V]: tokens in the
+    context, counts [B, V]: tokens generated so far per row (both may be None when no penalty is set)."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, sc.repetition_penalty)
     if counts is not None:
         logits = apply_frequency_presence(logits, counts, sc.frequency_penalty, sc.presence_penalty)
     if sc.temperature <= 0:
@@ -71,64 +73,109 @@ def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor, ge
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
+def _penalised(sc: SamplingConfig) -> bool:
+    """Whether sampling needs the per-row token history (`seen`, `counts`); without it a step skips two
+    scatters over [B, V]."""
+    return sc.repetition_penalty != 1.0 or sc.frequency_penalty != 0.0 or sc.presence_penalty != 0.0
+
+
+def decode_step_fn(model: nn.Module, compile_step: bool) -> Callable[..., torch.Tensor]:
+    """One decoding step: (tokens [B], positions [B], mask [B, S] | None, cache) -> fp32 logits [B, V].
+
+    With `compile_step` the step is compiled once per model (torch.compile; on CUDA in "reduce-overhead"
+    mode, which replays the step as a CUDA graph): the dozens of small per-layer kernels of a one-token
+    forward become a few fused ones, which is where a small model's decoding time goes."""
+
+    def step(tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache) -> torch.Tensor:
+        return model(tok[:, None], position_ids=pos[:, None], attention_mask=mask, cache=cache).logits[:, -1].float()
+
+    if not compile_step:
+        return step
+    compiled = getattr(model, "_sprout_compiled_step", None)
+    if compiled is None:
+        cuda = next(model.parameters()).device.type == "cuda"
+        # dynamic=True: the cache grows by one column a step; without it every length would recompile.
+        compiled = torch.compile(step, dynamic=True, mode="reduce-overhead" if cuda else None)
+        model._sprout_compiled_step = compiled  # reused by later calls on the same model
+    return compiled
+
+
 @torch.no_grad()
 def generate_stream(
     model: nn.Module,
     prompts: list[list[int]],
     sc: SamplingConfig,
     should_stop: Callable[[], bool] | None = None,
+    compile_step: bool = False,
 ) -> Iterator[list[int | None]]:
     """Yield, once per decoding step, the new token of every row (None for rows already finished).
 
     Prompts of different lengths are left-padded; the padding is hidden from attention by the
     mask and the positions of each row start at 0 on its first real token, so a row's result
     does not depend on what it is batched with.
+
+    A step allocates nothing that grows with the step count: the cache has room for every position up
+    front, and the attention mask is one preallocated [B, prompt + max_new] tensor of which each step passes
+    a longer view (the columns not yet reached are already 1, and are not looked at before they are).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
     B, longest = len(prompts), max(len(p) for p in prompts)
+    total = longest + sc.max_new_tokens
     pad = model.config.pad_token_id
     ids = torch.full((B, longest), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((B, longest), dtype=torch.long, device=device)
+    mask = torch.ones((B, total), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         ids[i, longest - len(p):] = torch.tensor(p, device=device)
-        mask[i, longest - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
-    seen.scatter_(1, ids, mask.bool())
+        mask[i, :longest - len(p)] = 0
+    positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
+    padded = any(len(p) < longest for p in prompts)
+    penalised = _penalised(sc)
+    seen = counts = None
+    if penalised:
+        seen = torch.zeros((B, model.config.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, mask[:, :longest].bool())
+        counts = torch.zeros((B, model.config.vocab_size), device=device)
 
     gen = None
     if sc.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sc.seed)
-    stops = torch.tensor(sc.stop_token_ids or [-1], device=device)
-    cache = model.new_cache(B, longest + sc.max_new_tokens)
-    padded = bool((mask == 0).any())
-    logits = model(ids, position_ids=positions, attention_mask=mask if padded else None,
+    stops = torch.tensor(sc.stop_token_ids, device=device) if sc.stop_token_ids else None
+    cache = model.new_cache(B, total)
+    logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None,
                    cache=cache, last_only=True).logits[:, -1].float()
+    step = decode_step_fn(model, compile_step)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    counts = torch.zeros((B, model.config.vocab_size), device=device)
+    any_finished = False
     rows = torch.arange(B, device=device)
     next_pos = positions[:, -1] + 1
     for _ in range(sc.max_new_tokens):
-        tok = sample_next(logits, sc, seen, gen, counts)
-        tok = torch.where(finished, torch.full_like(tok, pad), tok)
-        yield [None if f else int(t) for t, f in zip(tok.tolist(), finished.tolist())]
-        seen[rows, tok] = True
-        counts[rows, tok] += 1
-        finished |= torch.isin(tok, stops)
-        if bool(finished.all()) or (should_stop is not None and should_stop()):
+        tok = sample_next(logits, sc, seen if penalised else None, gen, counts)
+        if any_finished:
+            tok = torch.where(finished, torch.full_like(tok, pad), tok)
+        toks = tok.tolist()  # the one host sync of a step: the caller needs the ids
+        yield [None if f else t for t, f in zip(toks, finished.tolist())] if any_finished else toks
+        if penalised:
+            seen[rows, tok] = True
+            counts[rows, tok] += 1
+        if stops is not None:
+            finished |= torch.isin(tok, stops)
+            any_finished = bool(finished.any())
+            if any_finished and bool(finished.all()):
+                return
+        if should_stop is not None and should_stop():
             return
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        logits = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=mask if padded else None,
-                       cache=cache).logits[:, -1].float()
-        next_pos = next_pos + 1
+        step_mask = mask[:, :cache.length + 1] if padded else None
+        logits = step(tok, next_pos, step_mask, cache)
+        next_pos += 1
 
 
-def generate(model: nn.Module, prompts: list[list[int]], sc: SamplingConfig, include_stop: bool = False) -> list[list[int]]:
+def generate(model: nn.Module, prompts: list[list[int]], sc: SamplingConfig, include_stop: bool = False,
+             compile_step: bool = False) -> list[list[int]]:
     """Batched generation; returns the new tokens of each prompt (stop token dropped unless include_stop)."""
     out: list[list[int]] = [[] for _ in prompts]
-    for step in generate_stream(model, prompts, sc):
+    for step in generate_stream(model, prompts, sc, compile_step=compile_step):
         for i, t in enumerate(step):
             if t is not None:
                 out[i].append(t)
@@ -139,18 +186,28 @@ def generate(model: nn.Module, prompts: list[list[int]], sc: SamplingConfig, inc
 
 
 class TextDecoder:
-    """Turns a growing list of token ids into text pieces for streaming.
+    """Turns a growing list of token ids into text pieces for streaming, in O(1) work per token.
 
     Byte-level BPE can split one UTF-8 character (e.g. a Chinese character) across two tokens; the
-    decoder holds text back while it ends in an incomplete character (U+FFFD)."""
+    decoder holds text back while it ends in an incomplete character (U+FFFD). Only a short window is
+    decoded each time: the ids since the last complete piece, after a few ids of context before it (a
+    token's text can depend on its neighbour, e.g. a leading space), so a long reply costs no more per
+    token than a short one."""
+
+    CONTEXT = 4  # ids decoded before the new ones, and then cut off again
 
     def __init__(self, decode: Callable[[list[int]], str]):
-        self.decode, self.ids, self.emitted = decode, [], 0
+        self.decode, self.ids = decode, []
+        self.start = 0  # first id of the context window
+        self.done = 0  # ids whose text has been emitted
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
+        before = self.decode(self.ids[self.start:self.done])
+        text = self.decode(self.ids[self.start:])
+        if text.endswith("\ufffd") or not text.startswith(before):
             return ""
-        piece, self.emitted = text[self.emitted:], len(text)
+        piece = text[len(before):]
+        self.done = len(self.ids)
+        self.start = max(0, self.done - self.CONTEXT)
         return piece
