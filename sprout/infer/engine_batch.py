@@ -16,6 +16,11 @@ once per tick:
    stop string found) or ran past their deadline, and trims cache columns that are padding for
    every remaining row.
 
+The engine thread only produces token ids (`emit` hands each one to the request's own queue); turning them
+into text, stop strings, tool calls and SSE chunks happens on the HTTP side, off the decode critical path. A
+decode step allocates nothing per token: the attention mask has spare columns that are already 1 (the step
+passes a view one column longer), and rows without a penalty keep no token history.
+
 A row's tokens therefore do not depend on which other requests share its batch (greedy gives
 the same tokens as decoding alone; tested).
 """
@@ -68,11 +73,15 @@ def require_cache_protocol(model: nn.Module, name: str = "model") -> None:
 class _Row:
     req: GenRequest
     gen: torch.Generator | None
-    seen: torch.Tensor  # [V] bool, for the repetition penalty
-    counts: torch.Tensor  # [V] float, tokens generated so far, for frequency/presence penalties
+    seen: torch.Tensor | None  # [V] bool, for the repetition penalty (None: the row has no penalty)
+    counts: torch.Tensor | None  # [V] float, tokens generated so far, for frequency/presence penalties
     generated: int = 0
     max_new: int = 0
     stops: frozenset = frozenset()
+
+    @property
+    def greedy(self) -> bool:
+        return self.req.sampling.temperature <= 0 and self.seen is None
 
 
 class BatchEngine:
@@ -88,7 +97,8 @@ class BatchEngine:
         self._cv = threading.Condition()
         self._rows: list[_Row] = []
         self._cache: Cache | None = None
-        self._mask: torch.Tensor | None = None  # [B, S] 1 = real token
+        # [B, W >= cache length] 1 = real token; columns past the cache length are spare and already 1
+        self._mask: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None  # [B] position of the next token
         self._last: torch.Tensor | None = None  # [B] last sampled token
         self._stop = False
@@ -176,26 +186,22 @@ class BatchEngine:
 
     @staticmethod
     def _sample(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        """logits [B, V] fp32 -> one token per row with that row's own settings and generator."""
-        out: list[int] = [0] * len(rows)
-        greedy = [i for i, r in enumerate(rows) if r.req.sampling.temperature <= 0
-                  and r.req.sampling.repetition_penalty == 1.0 and r.req.sampling.frequency_penalty == 0.0
-                  and r.req.sampling.presence_penalty == 0.0]
-        if greedy:
-            ids = logits[greedy].argmax(-1).tolist()
-            for i, t in zip(greedy, ids):
-                out[i] = t
-        gset = set(greedy)
+        """logits [B, V] fp32 -> one token per row with that row's own settings and generator.
+        Greedy rows without penalties (the common case) share one argmax over the whole batch."""
+        out = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
-            if i not in gset:
-                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, r.seen[None], r.gen, r.counts[None])[0])
+            if not r.greedy:
+                seen = r.seen[None] if r.seen is not None else None
+                counts = r.counts[None] if r.counts is not None else None
+                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, seen, r.gen, counts)[0])
         return out
 
     def _emit_tokens(self, rows: list[_Row], toks: list[int]) -> None:
         for r, t in zip(rows, toks):
             r.generated += 1
-            r.seen[t] = True
-            r.counts[t] += 1
+            if r.seen is not None:
+                r.seen[t] = True
+                r.counts[t] += 1
             self._safe_emit(r.req, t)
             if t in r.stops:
                 self._finish(r, "stop")
@@ -218,17 +224,20 @@ class BatchEngine:
         V = self.model.config.vocab_size
         for i, q in enumerate(new):
             sc = q.sampling
-            seen = torch.zeros(V, dtype=torch.bool, device=self.device)
-            seen[torch.tensor(q.prompt, device=self.device)] = True
+            seen = counts = None
+            if sc.repetition_penalty != 1.0 or sc.frequency_penalty != 0.0 or sc.presence_penalty != 0.0:
+                seen = torch.zeros(V, dtype=torch.bool, device=self.device)
+                seen[torch.tensor(q.prompt, device=self.device)] = True
+                counts = torch.zeros(V, device=self.device)
             gen = torch.Generator(device=self.device).manual_seed(sc.seed) if sc.seed is not None else None
             room = self.context_len - len(q.prompt)
-            counts = torch.zeros(V, device=self.device)
             rows.append(_Row(q, gen, seen, counts, max_new=max(1, min(sc.max_new_tokens, room)),
                              stops=frozenset(sc.stop_token_ids or ())))
         toks = self._sample(logits, rows)
         # Merge: right-align the new rows with the running ones.
         if self._rows:
             S = self._cache.length
+            self._mask = self._mask[:, :S]  # spare columns are re-made by the next step
             if L < S:
                 cache.left_pad(S - L)
                 mask = torch.cat([mask.new_zeros(B, S - L), mask], 1)
@@ -250,10 +259,12 @@ class BatchEngine:
         B = len(self._rows)
         self.max_rows_seen = max(self.max_rows_seen, B)
         self._cache.reserve(1)
-        self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], 1)
-        logits = self.model(self._last[:, None], position_ids=self._pos[:, None], attention_mask=self._mask,
+        S = self._cache.length + 1
+        if self._mask.shape[1] < S:  # out of spare columns: add GROW of them at once, not one per step
+            self._mask = torch.cat([self._mask, self._mask.new_ones(B, S - self._mask.shape[1] + GROW - 1)], 1)
+        logits = self.model(self._last[:, None], position_ids=self._pos[:, None], attention_mask=self._mask[:, :S],
                             cache=self._cache).logits[:, -1].float()
-        self._pos = self._pos + 1
+        self._pos += 1
         toks = self._sample(logits, self._rows)
         self.steps += 1
         self._emit_tokens(self._rows, toks)
@@ -279,6 +290,7 @@ class BatchEngine:
         self._rows = [self._rows[i] for i in keep]
         self._cache.select_rows(idx)
         self._mask, self._pos, self._last = self._mask[idx], self._pos[idx], self._last[idx]
+        self._mask = self._mask[:, :self._cache.length]
         lead = int(self._mask.any(0).long().argmax())  # first column some row still uses
         if lead > 0:
             self._cache.drop_left(lead)
