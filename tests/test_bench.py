@@ -53,3 +53,15 @@ def test_greedy_tokens_of_sprout_and_transformers_agree_on_the_benchmarked_folde
     theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
                          eos_token_id=None, pad_token_id=0)[0, 7:].tolist()
     assert ours == theirs
+
+
+def test_bench_train_keeps_its_flags_and_reports_mfu_against_the_peak(capsys, monkeypatch):
+    monkeypatch.setattr("sprout.bench.train.peaks", lambda dev: {
+        "peak_fp32_flops": 1e11, "peak_bf16_flops": 4e11, "peak_bandwidth_Bps": 1e10, "peak_source": "measured"})
+    main(["bench", "train", "--preset", "tiny", "--dtypes", "fp32,bf16", "--seq-len", "16", "--batch-size", "2",
+          "--steps", "1", "--device", "cpu"])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    fp32, bf16 = rows
+    assert fp32["dtype"] == "fp32" and bf16["dtype"] == "bf16"
+    assert fp32["mfu"] == fp32["model_flops_per_s"] / 1e11 and bf16["mfu"] == bf16["model_flops_per_s"] / 4e11
+    assert fp32["model_flops_per_s"] == fp32["tokens_per_s"] * train_flops_per_token(tiny_model(), 16)

@@ -42,6 +42,7 @@ def add_infer_parser(bs) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per engine; the median is reported")
     p.add_argument("--compare-hf", action="store_true", help="also time transformers' generate on the same weights")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on a GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run_infer)
 
@@ -49,6 +50,10 @@ def add_infer_parser(bs) -> None:
 def _run_infer(a) -> None:
     from .infer import bench_infer, print_infer
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     print_infer(bench_infer(
         a.preset, a.model, [int(x) for x in a.batch_sizes.split(",")], a.new_tokens, a.prompt_len, a.prompts,
         a.rounds, a.compare_hf, a.compile, a.device))

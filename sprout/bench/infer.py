@@ -10,11 +10,15 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from .common import decode_flops_per_token, fmt_rate, machine, peak_memory_bytes, peaks, print_json_last, weight_bytes
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """What `sprout serve` decodes in: bf16 weights on a GPU that has it, fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def load_or_build(model: str | None, preset: str, device: torch.device, seed: int = 0):
@@ -23,9 +27,9 @@ def load_or_build(model: str | None, preset: str, device: torch.device, seed: in
     from ..models.hub import load_model
 
     if model:
-        return load_model(model, device=device).eval()
+        return load_model(model, device=device, dtype=inference_dtype(device)).eval()
     torch.manual_seed(seed)
-    return build_model(model_preset(preset)).to(device).eval()
+    return build_model(model_preset(preset)).to(device=device, dtype=inference_dtype(device)).eval()
 
 
 def make_prompts(kind: str, n: int, length: int, vocab: int, model_dir: str | None, seed: int = 0) -> list[list[int]]:
@@ -68,7 +72,8 @@ def _sprout_run(model, prompts: list[list[int]], new_tokens: int, compile_step: 
 
 def _hf_run(hf_model, prompts: list[list[int]], new_tokens: int, pad: int) -> float:
     longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    device = next(hf_model.parameters()).device
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
         ids[i, longest - len(p):] = torch.tensor(p)
@@ -97,7 +102,7 @@ def bench_infer(preset: str, model_dir: str | None, batch_sizes: list[int], new_
         if folder is None:  # a fresh preset: save it so transformers loads exactly these weights
             folder = tempfile.mkdtemp(prefix="sprout-bench-")
             save_model(model, folder)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(dev).eval()
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=inference_dtype(dev)).to(dev).eval()
     pk = peaks(dev)
     wbytes = weight_bytes(model)
     rows = []
@@ -126,7 +131,8 @@ def bench_infer(preset: str, model_dir: str | None, batch_sizes: list[int], new_
                          "model_flops_per_s": flops, "bandwidth_ceiling_tokens_per_s": ceiling,
                          "ceiling_fraction": tps / ceiling, "rounds": ts})
     return {"bench": "infer", "preset": None if model_dir else preset, "model": model_dir, "device": str(dev),
-            "new_tokens": new_tokens, "prompt_len": prompt_len, "prompts": prompts_kind, "compile": compile_step,
+            "dtype": str(inference_dtype(dev)).removeprefix("torch."), "new_tokens": new_tokens,
+            "prompt_len": prompt_len, "prompts": prompts_kind, "compile": compile_step,
             "weight_bytes": wbytes, "peaks": pk, "machine": machine(), "rows": rows,
             "ratios": _ratios(rows), "peak_memory_bytes": peak_memory_bytes(dev)}
 
