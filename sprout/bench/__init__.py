@@ -43,6 +43,8 @@ def add_infer_parser(bs) -> None:
     p.add_argument("--compare-hf", action="store_true", help="also time transformers' generate on the same weights")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on a GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--dtype", default="auto", help="weights for both engines: auto (as sprout serve: bf16 on a GPU, "
+                                                   "fp32 on a CPU), fp32 or bf16")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run_infer)
 
@@ -56,7 +58,7 @@ def _run_infer(a) -> None:
         torch.set_num_threads(a.threads)
     print_infer(bench_infer(
         a.preset, a.model, [int(x) for x in a.batch_sizes.split(",")], a.new_tokens, a.prompt_len, a.prompts,
-        a.rounds, a.compare_hf, a.compile, a.device))
+        a.rounds, a.compare_hf, a.compile, a.device, a.dtype))
 
 
 def add_serve_parser(bs) -> None:
