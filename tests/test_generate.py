@@ -1,4 +1,5 @@
 """Sampling and batched decoding."""
+import pytest
 import torch
 
 from conftest import tiny_model
@@ -96,3 +97,15 @@ def test_padded_batch_with_penalties_and_sampling_matches_rows_alone():
     for got, free in zip(stopped, alone):
         cut = free.index(sc.stop_token_ids[0]) + 1 if sc.stop_token_ids[0] in free else len(free)
         assert got == free[:cut]
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """torch.compile of the step (minutes of compilation on a small CPU, hence slow): same tokens as eager,
+    padded batch and a single row, greedy."""
+    model = tiny_model()
+    prompts = [[5, 6, 7, 8, 9], [20, 21], [40, 41, 42]]
+    sc = SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[])
+    eager = generate(model, prompts, sc)
+    assert generate(model, prompts, sc, compile_step=True) == eager
+    assert generate(model, prompts[:1], sc, compile_step=True) == eager[:1]
