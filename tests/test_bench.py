@@ -65,3 +65,15 @@ def test_bench_train_keeps_its_flags_and_reports_mfu_against_the_peak(capsys, mo
     assert fp32["dtype"] == "fp32" and bf16["dtype"] == "bf16"
     assert fp32["mfu"] == fp32["model_flops_per_s"] / 1e11 and bf16["mfu"] == bf16["model_flops_per_s"] / 4e11
     assert fp32["model_flops_per_s"] == fp32["tokens_per_s"] * train_flops_per_token(tiny_model(), 16)
+
+
+def test_real_prompts_are_tokenised_texts_of_about_the_asked_length(tmp_path):
+    from sprout.bench.infer import make_prompts
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"text": "Car insurance covers damage to your car and to other people\'s property."}\n' * 3)
+    got = make_prompts(str(f), 2, 8, tok.vocab_size, None)
+    assert got == [tok.encode("Car insurance covers damage to your car and to other people's property.")[:8]] * 2
+    assert all(4 <= len(p) <= 8 for p in make_prompts("builtin", 3, 8, tok.vocab_size, None))
