@@ -420,9 +420,58 @@ def _bench_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
-    from .bench import bench_train, print_table
+    from .bench.train import bench_train, print_table
 
     print_table(bench_train(a.preset, a.dtypes.split(","), a.seq_len, a.batch_size, a.steps, a.device))
+
+
+def _bench_infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", help="a fresh model of this preset (ignored with --model)")
+    p.add_argument("--model", help="a model folder instead of a preset")
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--prompts", default="synthetic",
+                   help='synthetic (random ids), builtin (built-in corpus) or a .jsonl file of {"text": ...}')
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per engine; the median is reported")
+    p.add_argument("--compare-hf", action="store_true", help="also time transformers' generate on the same weights")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on a GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--dtype", default="auto",
+                   help="weights for both engines: auto (as sprout serve: bf16 on a GPU, fp32 on a CPU), fp32 or bf16")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_bench_infer(a: argparse.Namespace) -> None:
+    import torch
+
+    from .bench.infer import bench_infer, print_infer
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    sizes = [int(x) for x in a.batch_sizes.split(",")]
+    print_infer(bench_infer(a.preset, a.model, sizes, a.new_tokens, a.prompt_len, a.prompts, a.rounds, a.compare_hf,
+                            a.compile, a.device, a.dtype))
+
+
+def _bench_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder with its tokenizer (default: a fresh --preset model)")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--url", help="an already running server instead of starting one")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--requests", type=int, default=1, help="requests per client in each phase")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads, here and in the server (0 = default)")
+
+
+def cmd_bench_serve(a: argparse.Namespace) -> None:
+    from .bench.serve import bench_serve, check_model_dir, print_serve
+
+    check_model_dir(a.model)
+    print_serve(bench_serve(a.model, a.preset, a.url, a.clients, a.requests, a.max_tokens, a.prompt_len,
+                            a.rounds, a.threads))
 
 
 # ---- export, distill ----------------------------------------------------------------------------------------
@@ -558,7 +607,7 @@ def cmd_export_ollama(a: argparse.Namespace) -> None:
 GROUPS: dict[str, str] = {
     "tokenizer": "train a BPE tokenizer",
     "data": "datasets: download, validate",
-    "bench": "benchmarks (training throughput; serving: benchmarks/serve_bench.py)",
+    "bench": "benchmarks: training, decoding and serving throughput (docs/bench.md)",
     "export": "export models: merge a LoRA adapter, GGUF (llama.cpp), Ollama",
     "import": "bring another project's checkpoint in as a standard folder",
     "distill": "black-box distillation data: a teacher answers prompts (white-box KD is `sprout train distill`)",
@@ -591,7 +640,17 @@ VERBS: dict[str, Verb] = {
         "lm-evaluation-harness on a model folder (local tasks work offline)", _eval_harness_args, cmd_eval_harness
     ),
     "report": Verb("HTML + markdown report with plots of a run (stage or speedrun folder)", _report_args, cmd_report),
-    "bench train": Verb("training tokens/s of a preset at each precision", _bench_train_args, cmd_bench_train),
+    "bench train": Verb(
+        "training tokens/s, model FLOP/s and MFU of a preset at each precision", _bench_train_args, cmd_bench_train
+    ),
+    "bench infer": Verb(
+        "decoding tokens/s at batch 1 and 16 (optionally next to transformers)", _bench_infer_args, cmd_bench_infer
+    ),
+    "bench serve": Verb(
+        "streaming tokens/s of 1 and N clients against `sprout serve`, next to in-process decoding",
+        _bench_serve_args,
+        cmd_bench_serve,
+    ),
     "export merge-lora": Verb(
         "fold a LoRA adapter into its base model (a standalone HF folder)", _merge_lora_args, cmd_merge_lora
     ),

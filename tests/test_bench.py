@@ -2,8 +2,8 @@
 import json
 
 import torch
-
 from conftest import tiny_model
+
 from sprout.bench.common import decode_flops_per_token, matmul_params, train_flops_per_token, weight_bytes
 from sprout.cli import main
 

@@ -3,8 +3,8 @@
 Never run in CI: it has no GPU. Each test compares the GPU path against the CPU reference."""
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from sprout.infer.generate import SamplingConfig, generate
 
 pytestmark = [pytest.mark.cuda,

@@ -1,10 +1,9 @@
 """Sampling and batched decoding."""
 import pytest
 import torch
-
 from conftest import tiny_model
-from sprout.infer.generate import (SamplingConfig, TextDecoder, apply_repetition_penalty, filter_top_k_top_p,
-                                   generate)
+
+from sprout.infer.generate import SamplingConfig, TextDecoder, apply_repetition_penalty, filter_top_k_top_p, generate
 
 
 def test_batched_prompts_give_the_same_tokens_as_one_at_a_time():

@@ -32,7 +32,7 @@ GPU_PEAKS: dict[str, tuple[float, float, float]] = {
 
 def machine() -> dict:
     """A one-line description of where the numbers came from."""
-    d = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    d: dict[str, object] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
          "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -74,7 +74,7 @@ def measure_peaks(device: torch.device, n: int = 2048, reps: int = 5) -> dict:
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device, dtype=dt)
         b = torch.randn(n, n, device=device, dtype=dt)
-        out[f"matmul_{name}_flops"] = 2 * n**3 / _best_time(lambda: a @ b, device, reps)
+        out[f"matmul_{name}_flops"] = 2 * n**3 / _best_time(lambda a=a, b=b: a @ b, device, reps)
     # 256 MB of fp32 weights: far larger than any cache, so the matvec streams it from memory.
     rows = (256 << 20) // 4 // 4096
     w = torch.randn(rows, 4096, device=device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 
 import torch
 
@@ -47,6 +48,7 @@ def make_prompts(kind: str, n: int, length: int, vocab: int, model_dir: str | No
     from ..tokenizer import Tokenizer, default_tokenizer_dir
 
     tok = Tokenizer.load(model_dir or default_tokenizer_dir())
+    texts: Iterable[str]
     if kind == "builtin":
         from ..data.builtin import pretrain_texts
 

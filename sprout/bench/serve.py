@@ -105,6 +105,7 @@ def _start_server(folder: str, clients: int, threads: int) -> tuple[subprocess.P
     if threads:
         cmd += ["--threads", str(threads)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert server.stderr is not None  # stderr=PIPE
     for _ in range(1200):
         try:
             if httpx.get(base + "/health", timeout=1).status_code == 200:

@@ -6,6 +6,7 @@ costs O(length) instead of a full forward pass over the whole prefix.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -79,6 +80,10 @@ def _penalised(sc: SamplingConfig) -> bool:
     return sc.repetition_penalty != 1.0 or sc.frequency_penalty != 0.0 or sc.presence_penalty != 0.0
 
 
+# One compiled step per model, kept as long as the model lives.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
 def decode_step_fn(model: nn.Module, compile_step: bool) -> Callable[..., torch.Tensor]:
     """One decoding step: (tokens [B], positions [B], mask [B, S] | None, cache) -> fp32 logits [B, V].
 
@@ -91,12 +96,12 @@ def decode_step_fn(model: nn.Module, compile_step: bool) -> Callable[..., torch.
 
     if not compile_step:
         return step
-    compiled = getattr(model, "_sprout_compiled_step", None)
+    compiled = _COMPILED.get(model)
     if compiled is None:
         cuda = next(model.parameters()).device.type == "cuda"
         # dynamic=True: the cache grows by one column a step; without it every length would recompile.
         compiled = torch.compile(step, dynamic=True, mode="reduce-overhead" if cuda else None)
-        model._sprout_compiled_step = compiled  # reused by later calls on the same model
+        _COMPILED[model] = compiled  # reused by later calls on the same model
     return compiled
 
 
@@ -156,7 +161,7 @@ def generate_stream(
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
         toks = tok.tolist()  # the one host sync of a step: the caller needs the ids
         yield [None if f else t for t, f in zip(toks, finished.tolist())] if any_finished else toks
-        if penalised:
+        if seen is not None and counts is not None:
             seen[rows, tok] = True
             counts[rows, tok] += 1
         if stops is not None:
@@ -197,7 +202,7 @@ class TextDecoder:
     CONTEXT = 4  # ids decoded before the new ones, and then cut off again
 
     def __init__(self, decode: Callable[[list[int]], str]):
-        self.decode, self.ids = decode, []
+        self.decode, self.ids = decode, list[int]()
         self.start = 0  # first id of the context window
         self.done = 0  # ids whose text has been emitted
 
