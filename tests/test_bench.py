@@ -77,3 +77,21 @@ def test_real_prompts_are_tokenised_texts_of_about_the_asked_length(tmp_path):
     got = make_prompts(str(f), 2, 8, tok.vocab_size, None)
     assert got == [tok.encode("Car insurance covers damage to your car and to other people's property.")[:8]] * 2
     assert all(4 <= len(p) <= 8 for p in make_prompts("builtin", 3, 8, tok.vocab_size, None))
+
+
+def test_bench_serve_drives_a_real_server_and_counts_the_same_tokens_as_in_process(tmp_path, capsys):
+    """The serving benchmark starts `sprout serve` in a child process and streams from it; greedy tokens
+    counted from `usage` must equal what in-process decoding of the same prompts produced."""
+    from sprout.models.hub import save_model
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    save_model(tiny_model(), tmp_path)
+    Tokenizer.load(default_tokenizer_dir()).save(tmp_path)
+    main(["bench", "serve", "--model", str(tmp_path), "--clients", "2", "--max-tokens", "5", "--rounds", "1",
+          "--prompt-len", "6", "--threads", "1"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["errors"] == 0
+    ph = res["phases"]
+    assert ph["server_1"][0]["tokens"] == ph["inproc_1"][0]["tokens"] > 0
+    assert ph["server_2"][0]["tokens"] == ph["inproc_2"][0]["tokens"] >= ph["server_1"][0]["tokens"]
+    assert set(res["ratios"]) == {"server_2_vs_1", "server_1_vs_inproc_1", "server_2_vs_inproc_2"}

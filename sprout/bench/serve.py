@@ -100,7 +100,7 @@ def _start_server(folder: str, clients: int, threads: int) -> tuple[subprocess.P
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sprout.infer.server", "--model", folder, "--port", str(port), "--device", "cpu",
+    cmd = [sys.executable, "-m", "sprout.cli", "serve", "--model", folder, "--port", str(port), "--device", "cpu",
            "--max-concurrent", str(max(64, clients * 2)), "--max-batch", str(max(32, clients))]
     if threads:
         cmd += ["--threads", str(threads)]
