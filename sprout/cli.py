@@ -431,14 +431,20 @@ def _bench_infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--prompts", default="synthetic",
-                   help='synthetic (random ids), builtin (built-in corpus) or a .jsonl file of {"text": ...}')
+    p.add_argument(
+        "--prompts",
+        default="synthetic",
+        help='synthetic (random ids), builtin (built-in corpus) or a .jsonl file of {"text": ...}',
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per engine; the median is reported")
     p.add_argument("--compare-hf", action="store_true", help="also time transformers' generate on the same weights")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on a GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--dtype", default="auto",
-                   help="weights for both engines: auto (as sprout serve: bf16 on a GPU, fp32 on a CPU), fp32 or bf16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights for both engines: auto (as sprout serve: bf16 on a GPU, fp32 on a CPU), fp32 or bf16",
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -450,8 +456,21 @@ def cmd_bench_infer(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    print_infer(bench_infer(a.preset, a.model, sizes, a.new_tokens, a.prompt_len, a.prompts, a.rounds, a.compare_hf,
-                            a.compile, a.device, a.dtype))
+    print_infer(
+        bench_infer(
+            a.preset,
+            a.model,
+            sizes,
+            a.new_tokens,
+            a.prompt_len,
+            a.prompts,
+            a.rounds,
+            a.compare_hf,
+            a.compile,
+            a.device,
+            a.dtype,
+        )
+    )
 
 
 def _bench_serve_args(p: argparse.ArgumentParser) -> None:
@@ -470,8 +489,9 @@ def cmd_bench_serve(a: argparse.Namespace) -> None:
     from .bench.serve import bench_serve, check_model_dir, print_serve
 
     check_model_dir(a.model)
-    print_serve(bench_serve(a.model, a.preset, a.url, a.clients, a.requests, a.max_tokens, a.prompt_len,
-                            a.rounds, a.threads))
+    print_serve(
+        bench_serve(a.model, a.preset, a.url, a.clients, a.requests, a.max_tokens, a.prompt_len, a.rounds, a.threads)
+    )
 
 
 # ---- export, distill ----------------------------------------------------------------------------------------

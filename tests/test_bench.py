@@ -1,4 +1,5 @@
 """`sprout bench`: FLOP counts against a hand count, the JSON last line, infer next to transformers."""
+
 import json
 
 import torch
@@ -22,18 +23,48 @@ def test_flops_per_token_match_a_hand_count():
 
 
 def test_bench_infer_prints_a_table_and_a_json_last_line_with_transformers_alongside(capsys, monkeypatch):
-    monkeypatch.setattr("sprout.bench.infer.peaks", lambda dev: {  # the real measurement takes seconds
-        "peak_fp32_flops": 1e11, "peak_bf16_flops": 2e11, "peak_bandwidth_Bps": 1e10, "peak_source": "measured"})
-    main(["bench", "infer", "--preset", "tiny", "--batch-sizes", "1,3", "--new-tokens", "6", "--prompt-len", "5",
-          "--rounds", "1", "--compare-hf"])
+    monkeypatch.setattr(
+        "sprout.bench.infer.peaks",
+        lambda dev: {  # the real measurement takes seconds
+            "peak_fp32_flops": 1e11,
+            "peak_bf16_flops": 2e11,
+            "peak_bandwidth_Bps": 1e10,
+            "peak_source": "measured",
+        },
+    )
+    main(
+        [
+            "bench",
+            "infer",
+            "--preset",
+            "tiny",
+            "--batch-sizes",
+            "1,3",
+            "--new-tokens",
+            "6",
+            "--prompt-len",
+            "5",
+            "--rounds",
+            "1",
+            "--compare-hf",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     res = json.loads(out[-1])
     assert [(r["engine"], r["batch"]) for r in res["rows"]] == [
-        ("sprout", 1), ("transformers", 1), ("sprout", 3), ("transformers", 3)]
+        ("sprout", 1),
+        ("transformers", 1),
+        ("sprout", 3),
+        ("transformers", 3),
+    ]
     r = res["rows"][0]
     assert r["tokens_per_s"] > 0 and r["ceiling_fraction"] == r["tokens_per_s"] / (1e10 / res["weight_bytes"])
-    assert set(res["ratios"]) == {"sprout_vs_transformers_b1", "sprout_vs_transformers_b3", "sprout_b3_vs_b1",
-                                  "transformers_b3_vs_b1"}
+    assert set(res["ratios"]) == {
+        "sprout_vs_transformers_b1",
+        "sprout_vs_transformers_b3",
+        "sprout_b3_vs_b1",
+        "transformers_b3_vs_b1",
+    }
     assert any(line.startswith("| sprout | 3 |") for line in out)
 
 
@@ -50,16 +81,40 @@ def test_greedy_tokens_of_sprout_and_transformers_agree_on_the_benchmarked_folde
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     prompt = make_prompts("synthetic", 1, 7, model.config.vocab_size, None)[0]
     ours = generate(model, [prompt], SamplingConfig(max_new_tokens=8, temperature=0, stop_token_ids=[]))[0]
-    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)[0, 7:].tolist()
+    theirs = hf.generate(
+        torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, 7:].tolist()
     assert ours == theirs
 
 
 def test_bench_train_keeps_its_flags_and_reports_mfu_against_the_peak(capsys, monkeypatch):
-    monkeypatch.setattr("sprout.bench.train.peaks", lambda dev: {
-        "peak_fp32_flops": 1e11, "peak_bf16_flops": 4e11, "peak_bandwidth_Bps": 1e10, "peak_source": "measured"})
-    main(["bench", "train", "--preset", "tiny", "--dtypes", "fp32,bf16", "--seq-len", "16", "--batch-size", "2",
-          "--steps", "1", "--device", "cpu"])
+    monkeypatch.setattr(
+        "sprout.bench.train.peaks",
+        lambda dev: {
+            "peak_fp32_flops": 1e11,
+            "peak_bf16_flops": 4e11,
+            "peak_bandwidth_Bps": 1e10,
+            "peak_source": "measured",
+        },
+    )
+    main(
+        [
+            "bench",
+            "train",
+            "--preset",
+            "tiny",
+            "--dtypes",
+            "fp32,bf16",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     fp32, bf16 = rows
     assert fp32["dtype"] == "fp32" and bf16["dtype"] == "bf16"
@@ -87,8 +142,24 @@ def test_bench_serve_drives_a_real_server_and_counts_the_same_tokens_as_in_proce
 
     save_model(tiny_model(), tmp_path)
     Tokenizer.load(default_tokenizer_dir()).save(tmp_path)
-    main(["bench", "serve", "--model", str(tmp_path), "--clients", "2", "--max-tokens", "5", "--rounds", "1",
-          "--prompt-len", "6", "--threads", "1"])
+    main(
+        [
+            "bench",
+            "serve",
+            "--model",
+            str(tmp_path),
+            "--clients",
+            "2",
+            "--max-tokens",
+            "5",
+            "--rounds",
+            "1",
+            "--prompt-len",
+            "6",
+            "--threads",
+            "1",
+        ]
+    )
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["errors"] == 0
     ph = res["phases"]

@@ -1,14 +1,14 @@
 """The CUDA paths (run with `pytest -m cuda` on a machine with an NVIDIA GPU; benchmarks/gpu.sh does).
 
 Never run in CI: it has no GPU. Each test compares the GPU path against the CPU reference."""
+
 import pytest
 import torch
 from conftest import tiny_model
 
 from sprout.infer.generate import SamplingConfig, generate
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [40, 41, 42, 43]]
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0, stop_token_ids=[])

@@ -10,6 +10,7 @@ FLOPs per token (N = weights that enter a matmul: every Linear, lm_head included
     decoding  2·N +  4·L·d_attn·t     (one forward at context t; QKᵀ and AV are 2·d_attn·t FLOPs each)
 with L layers and d_attn = heads × head_dim. MFU = achieved model FLOP/s ÷ peak FLOP/s.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ GPU_PEAKS: dict[str, tuple[float, float, float]] = {
 
 def machine() -> dict:
     """A one-line description of where the numbers came from."""
-    d: dict[str, object] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    d: dict[str, object] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -92,8 +98,12 @@ def peaks(device: torch.device, measure: bool = True) -> dict:
             if key in name:
                 got.update(peak_bf16_flops=bf16, peak_fp32_flops=fp32, peak_bandwidth_Bps=bw, peak_source=key)
                 return got
-    got.update(peak_bf16_flops=got.get("matmul_bf16_flops"), peak_fp32_flops=got.get("matmul_fp32_flops"),
-               peak_bandwidth_Bps=got.get("bandwidth_Bps"), peak_source="measured")
+    got.update(
+        peak_bf16_flops=got.get("matmul_bf16_flops"),
+        peak_fp32_flops=got.get("matmul_fp32_flops"),
+        peak_bandwidth_Bps=got.get("bandwidth_Bps"),
+        peak_source="measured",
+    )
     return got
 
 

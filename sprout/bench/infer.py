@@ -5,6 +5,7 @@ transformers' `generate` on the same saved folder, then sprout again...), so a m
 slows both alike; the reported number is each side's median round. Stop tokens are off: every row produces
 exactly `new_tokens` tokens, so tokens/s = batch × new_tokens ÷ wall time (prefill included, it is small).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -84,19 +85,36 @@ def _hf_run(hf_model, prompts: list[list[int]], new_tokens: int, pad: int) -> fl
     ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p)
-        mask[i, longest - len(p):] = 1
+        ids[i, longest - len(p) :] = torch.tensor(p)
+        mask[i, longest - len(p) :] = 1
     t0 = time.perf_counter()
-    out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                            do_sample=False, pad_token_id=pad, eos_token_id=None)
+    out = hf_model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=None,
+    )
     dt = time.perf_counter() - t0
     assert out.shape[1] == longest + new_tokens
     return dt
 
 
-def bench_infer(preset: str, model_dir: str | None, batch_sizes: list[int], new_tokens: int, prompt_len: int,
-                prompts_kind: str, rounds: int, compare_hf: bool, compile_step: bool, device: str = "cpu",
-                dtype_name: str = "auto") -> dict:
+def bench_infer(
+    preset: str,
+    model_dir: str | None,
+    batch_sizes: list[int],
+    new_tokens: int,
+    prompt_len: int,
+    prompts_kind: str,
+    rounds: int,
+    compare_hf: bool,
+    compile_step: bool,
+    device: str = "cpu",
+    dtype_name: str = "auto",
+) -> dict:
     from ..train.device import select_device
 
     dev = select_device(device)
@@ -138,14 +156,35 @@ def bench_infer(preset: str, model_dir: str | None, batch_sizes: list[int], new_
             flops = tps * decode_flops_per_token(model, context)
             # At batch b one step reads the weights once for b tokens: the ceiling is b × bandwidth / bytes.
             ceiling = bs * pk["peak_bandwidth_Bps"] / wbytes
-            rows.append({"engine": engine, "batch": bs, "tokens_per_s": tps, "seconds": dt,
-                         "model_flops_per_s": flops, "bandwidth_ceiling_tokens_per_s": ceiling,
-                         "ceiling_fraction": tps / ceiling, "rounds": ts})
-    return {"bench": "infer", "preset": None if model_dir else preset, "model": model_dir, "device": str(dev),
-            "dtype": str(dtype).removeprefix("torch."), "new_tokens": new_tokens,
-            "prompt_len": prompt_len, "prompts": prompts_kind, "compile": compile_step,
-            "weight_bytes": wbytes, "peaks": pk, "machine": machine(), "rows": rows,
-            "ratios": _ratios(rows), "peak_memory_bytes": peak_memory_bytes(dev)}
+            rows.append(
+                {
+                    "engine": engine,
+                    "batch": bs,
+                    "tokens_per_s": tps,
+                    "seconds": dt,
+                    "model_flops_per_s": flops,
+                    "bandwidth_ceiling_tokens_per_s": ceiling,
+                    "ceiling_fraction": tps / ceiling,
+                    "rounds": ts,
+                }
+            )
+    return {
+        "bench": "infer",
+        "preset": None if model_dir else preset,
+        "model": model_dir,
+        "device": str(dev),
+        "dtype": str(dtype).removeprefix("torch."),
+        "new_tokens": new_tokens,
+        "prompt_len": prompt_len,
+        "prompts": prompts_kind,
+        "compile": compile_step,
+        "weight_bytes": wbytes,
+        "peaks": pk,
+        "machine": machine(),
+        "rows": rows,
+        "ratios": _ratios(rows),
+        "peak_memory_bytes": peak_memory_bytes(dev),
+    }
 
 
 def _ratios(rows: list[dict]) -> dict:
@@ -162,14 +201,18 @@ def _ratios(rows: list[dict]) -> dict:
 def print_infer(res: dict) -> None:
     m, pk = res["machine"], res["peaks"]
     print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, load average {m.get('load_avg_1m')}")
-    print(f"peaks ({pk['peak_source']}): fp32 matmul {fmt_rate(pk['peak_fp32_flops'])}FLOP/s, bf16 matmul "
-          f"{fmt_rate(pk['peak_bf16_flops'])}FLOP/s, bandwidth {fmt_rate(pk['peak_bandwidth_Bps'])}B/s; "
-          f"weights read per step {res['weight_bytes'] / 1e6:.1f} MB")
+    print(
+        f"peaks ({pk['peak_source']}): fp32 matmul {fmt_rate(pk['peak_fp32_flops'])}FLOP/s, bf16 matmul "
+        f"{fmt_rate(pk['peak_bf16_flops'])}FLOP/s, bandwidth {fmt_rate(pk['peak_bandwidth_Bps'])}B/s; "
+        f"weights read per step {res['weight_bytes'] / 1e6:.1f} MB"
+    )
     print("| engine | batch | tokens/s | model FLOP/s | bandwidth ceiling tok/s | fraction of ceiling |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
-        print(f"| {r['engine']} | {r['batch']} | {r['tokens_per_s']:,.1f} | {fmt_rate(r['model_flops_per_s'])} "
-              f"| {r['bandwidth_ceiling_tokens_per_s']:,.1f} | {r['ceiling_fraction']:.0%} |")
+        print(
+            f"| {r['engine']} | {r['batch']} | {r['tokens_per_s']:,.1f} | {fmt_rate(r['model_flops_per_s'])} "
+            f"| {r['bandwidth_ceiling_tokens_per_s']:,.1f} | {r['ceiling_fraction']:.0%} |"
+        )
     for k, v in res["ratios"].items():
         print(f"{k}: {v:.2f}x")
     print_json_last(res)

@@ -8,6 +8,7 @@ Every request streams `/v1/completions` with the same token-id prompt, greedy (t
 the same prompts with `generate` (1 row; then N rows at once), so both sides produce the same tokens.
 Phases are interleaved: in-process 1, server 1, in-process N, server N, repeated `rounds` times; medians.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,13 @@ def _free_port() -> int:
 async def _one_request(client, prompt: list[int], max_tokens: int) -> tuple[int, str | None]:
     import httpx
 
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     tokens = 0
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -58,6 +64,7 @@ async def _server_phase(base: str, prompts: list[list[int]], requests: int, max_
 
     limits = httpx.Limits(max_connections=len(prompts) + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as c:
+
         async def client(p: list[int]):
             return [await _one_request(c, p, max_tokens) for _ in range(requests)]
 
@@ -66,8 +73,13 @@ async def _server_phase(base: str, prompts: list[list[int]], requests: int, max_
         wall = time.perf_counter() - t0
     errors = [e for _, e in results if e]
     tokens = sum(t for t, _ in results)
-    return {"tokens": tokens, "wall": wall, "tokens_per_s": tokens / wall, "errors": len(errors),
-            "first_error": errors[0] if errors else None}
+    return {
+        "tokens": tokens,
+        "wall": wall,
+        "tokens_per_s": tokens / wall,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 def _inproc_phase(model, prompts: list[list[int]], requests: int, max_tokens: int, stop_ids: list[int]) -> dict:
@@ -100,8 +112,22 @@ def _start_server(folder: str, clients: int, threads: int) -> tuple[subprocess.P
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sprout.cli", "serve", "--model", folder, "--port", str(port), "--device", "cpu",
-           "--max-concurrent", str(max(64, clients * 2)), "--max-batch", str(max(32, clients))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sprout.cli",
+        "serve",
+        "--model",
+        folder,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-concurrent",
+        str(max(64, clients * 2)),
+        "--max-batch",
+        str(max(32, clients)),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -119,8 +145,17 @@ def _start_server(folder: str, clients: int, threads: int) -> tuple[subprocess.P
     raise SystemExit("the server did not answer /health within 120 s")
 
 
-def bench_serve(model_dir: str | None, preset: str, url: str | None, clients: int, requests: int, max_tokens: int,
-                prompt_len: int, rounds: int, threads: int) -> dict:
+def bench_serve(
+    model_dir: str | None,
+    preset: str,
+    url: str | None,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    prompt_len: int,
+    rounds: int,
+    threads: int,
+) -> dict:
     import torch
 
     from ..models.hub import load_model
@@ -153,20 +188,36 @@ def bench_serve(model_dir: str | None, preset: str, url: str | None, clients: in
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in phases.items()}
     errors = sum(r.get("errors", 0) for v in phases.values() for r in v)
     first = next((r["first_error"] for v in phases.values() for r in v if r.get("first_error")), None)
-    ratios = {f"server_{clients}_vs_1": med[f"server_{clients}"] / med["server_1"],
-              "server_1_vs_inproc_1": med["server_1"] / med["inproc_1"],
-              f"server_{clients}_vs_inproc_{clients}": med[f"server_{clients}"] / med[f"inproc_{clients}"]}
-    return {"bench": "serve", "model": model_dir, "preset": None if model_dir else preset, "url": url,
-            "clients": clients, "requests": requests, "max_tokens": max_tokens, "prompt_len": prompt_len,
-            "tokens_per_s": med, "ratios": ratios, "errors": errors, "first_error": first, "phases": phases,
-            "machine": machine()}
+    ratios = {
+        f"server_{clients}_vs_1": med[f"server_{clients}"] / med["server_1"],
+        "server_1_vs_inproc_1": med["server_1"] / med["inproc_1"],
+        f"server_{clients}_vs_inproc_{clients}": med[f"server_{clients}"] / med[f"inproc_{clients}"],
+    }
+    return {
+        "bench": "serve",
+        "model": model_dir,
+        "preset": None if model_dir else preset,
+        "url": url,
+        "clients": clients,
+        "requests": requests,
+        "max_tokens": max_tokens,
+        "prompt_len": prompt_len,
+        "tokens_per_s": med,
+        "ratios": ratios,
+        "errors": errors,
+        "first_error": first,
+        "phases": phases,
+        "machine": machine(),
+    }
 
 
 def print_serve(res: dict) -> None:
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, load average {m.get('load_avg_1m')}")
-    print(f"model: {res['model'] or 'fresh ' + res['preset']}, {res['requests']} request(s) per client, "
-          f"max_tokens {res['max_tokens']}, prompt {res['prompt_len']} tokens, greedy")
+    print(
+        f"model: {res['model'] or 'fresh ' + res['preset']}, {res['requests']} request(s) per client, "
+        f"max_tokens {res['max_tokens']}, prompt {res['prompt_len']} tokens, greedy"
+    )
     print("| side | clients | aggregate tok/s (median) |")
     print("|---|---:|---:|")
     for k, v in res["tokens_per_s"].items():

@@ -3,6 +3,7 @@
 Speed goals live here, not in tests: the numbers depend on the machine. Results are printed as a
 markdown table to paste into docs/BENCHMARKS.md together with the machine and the command.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,10 +48,22 @@ def bench_train(
         tps = batch_size * seq_len / dt
         flops = tps * train_flops_per_token(model, seq_len)
         peak = pk["peak_fp32_flops"] if precision.name == "fp32" else pk["peak_bf16_flops"]
-        rows.append({"preset": preset, "dtype": precision.name, "device": str(dev), "seq_len": seq_len,
-                     "batch_size": batch_size, "tokens_per_s": tps, "step_s": dt, "model_flops_per_s": flops,
-                     "mfu": flops / peak, "peak_flops": peak, "peak_source": pk["peak_source"],
-                     "peak_memory_bytes": peak_memory_bytes(dev)})
+        rows.append(
+            {
+                "preset": preset,
+                "dtype": precision.name,
+                "device": str(dev),
+                "seq_len": seq_len,
+                "batch_size": batch_size,
+                "tokens_per_s": tps,
+                "step_s": dt,
+                "model_flops_per_s": flops,
+                "mfu": flops / peak,
+                "peak_flops": peak,
+                "peak_source": pk["peak_source"],
+                "peak_memory_bytes": peak_memory_bytes(dev),
+            }
+        )
     return rows
 
 
@@ -60,7 +73,9 @@ def print_table(rows: list[dict]) -> None:
     print("| preset | device | precision | seq_len × batch | step (s) | tokens/s | model FLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['seq_len']} × {r['batch_size']} "
-              f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {fmt_rate(r['model_flops_per_s'])} "
-              f"| {r['mfu']:.0%} of {r['peak_source']} |")
+        print(
+            f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['seq_len']} × {r['batch_size']} "
+            f"| {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {fmt_rate(r['model_flops_per_s'])} "
+            f"| {r['mfu']:.0%} of {r['peak_source']} |"
+        )
     print_json_last({"bench": "train", "machine": m, "rows": rows})
