@@ -17,9 +17,12 @@ import json
 import os
 import platform
 import time
+from typing import cast
 
 import torch
 from torch import nn
+
+from ..models.config import ModelConfig
 
 # Dense peaks: (bf16 tensor FLOP/s, fp32 FLOP/s without TF32, memory bandwidth B/s), from the vendors' sheets.
 GPU_PEAKS: dict[str, tuple[float, float, float]] = {
@@ -119,7 +122,8 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def _attn_width(model: nn.Module) -> tuple[int, int]:
-    c = model.config
+    c = cast(ModelConfig, model.config)
+    assert c.head_dim is not None  # filled in by the config from hidden_size / heads when not given
     return c.num_hidden_layers, c.num_attention_heads * c.head_dim
 
 

@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -131,7 +132,8 @@ def bench_infer(
             folder = tempfile.mkdtemp(prefix="sprout-bench-")
             save_model(model.float(), folder)
             model.to(dtype)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(dev).eval()
+        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        hf = loaded.to(dev).eval()
     pk = peaks(dev)
     wbytes = weight_bytes(model)
     rows = []

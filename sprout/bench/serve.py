@@ -20,7 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
+from ..models.config import ModelConfig
 from .common import machine, print_json_last
 
 
@@ -168,7 +170,8 @@ def bench_serve(
     model = load_model(folder).eval()
     tok = Tokenizer.load(folder)
     stop_ids = [tok.eos_id, tok.pad_id]  # what the server stops on
-    prompts = make_prompts("synthetic", clients, prompt_len, model.config.vocab_size, None)
+    vocab = cast(ModelConfig, model.config).vocab_size  # the server refuses ids outside the model's vocabulary
+    prompts = make_prompts("synthetic", clients, prompt_len, vocab, None)
     server = None
     if url is None:
         server, url = _start_server(folder, clients, threads)

@@ -256,6 +256,7 @@ class BatchEngine:
         self._emit_tokens(rows, toks)
 
     def _decode_step(self) -> None:
+        assert self._cache is not None and self._mask is not None and self._pos is not None  # rows are running
         B = len(self._rows)
         self.max_rows_seen = max(self.max_rows_seen, B)
         self._cache.reserve(1)
