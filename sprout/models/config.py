@@ -21,7 +21,8 @@ class ModelConfig:
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
-    head_dim: int | None = None  # defaults to hidden_size // num_attention_heads
+    # 0 = derive hidden_size // num_attention_heads in __post_init__ (so it is always a real int afterwards)
+    head_dim: int = 0
     rope_theta: float = 1e6
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
@@ -34,7 +35,7 @@ class ModelConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.head_dim is None:
+        if not self.head_dim:  # unset (0, or null in a config.json)
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.model_type not in ("qwen3", "llama"):
             raise ValueError(f"model_type must be 'qwen3' or 'llama', got {self.model_type!r}")
@@ -64,7 +65,7 @@ class ModelConfig:
         return cls(**config_kwargs_from_hf(cls, d))
 
     def num_parameters(self) -> int:
-        h, L, hd = self.hidden_size, self.num_hidden_layers, self.head_dim or self.hidden_size // self.num_attention_heads
+        h, L, hd = self.hidden_size, self.num_hidden_layers, self.head_dim
         attn = h * hd * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
         mlp = 3 * h * self.intermediate_size
         norms = 2 * h + (2 * hd if self.qk_norm else 0)

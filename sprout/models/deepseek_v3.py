@@ -62,8 +62,9 @@ class DeepseekV3Config(ModelConfig):
     num_nextn_predict_layers: int = 1
     mtp_loss_weight: float = 0.3
 
-    num_key_value_heads: int | None = None  # MLA: every head has its own k/v, so this equals num_attention_heads
-    head_dim: int | None = None  # what RoPE rotates: qk_rope_head_dim (transformers' convention)
+    # Derived in __post_init__ (0 = unset, filled in there):
+    num_key_value_heads: int = 0  # MLA: every head has its own k/v, so this equals num_attention_heads
+    head_dim: int = 0  # what RoPE rotates: qk_rope_head_dim (transformers' convention)
 
     def __post_init__(self) -> None:
         if self.model_type != "deepseek_v3":
@@ -71,7 +72,7 @@ class DeepseekV3Config(ModelConfig):
         # Derived fields: filled in when left unset, an error when set to something else.
         for name, value in (("num_key_value_heads", self.num_attention_heads), ("head_dim", self.qk_rope_head_dim)):
             given = getattr(self, name)
-            if given is not None and given != value:
+            if given and given != value:  # 0 or None (null in config.json) = unset
                 raise ValueError(f"DeepseekV3Config: {name}={given} contradicts MLA, which needs {value} "
                                  f"({'num_attention_heads' if name == 'num_key_value_heads' else 'qk_rope_head_dim'}); "
                                  f"leave {name} unset")
@@ -202,8 +203,10 @@ class MTPLayer(nn.Module):
 
 class DeepseekV3ForCausalLM(SproutForCausalLM):
     training_only_prefixes = ("mtp.",)
+    config: DeepseekV3Config
 
-    def make_layer(self, cfg: DeepseekV3Config, i: int) -> nn.Module:
+    def make_layer(self, cfg: ModelConfig, i: int) -> nn.Module:
+        assert isinstance(cfg, DeepseekV3Config)  # the family's own config, as __init__ receives it
         if i < cfg.first_k_dense_replace:
             ffn: nn.Module = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         else:
@@ -244,6 +247,7 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
             position_ids = torch.arange(T, device=ids.device).expand(B, T)
         out = []
         for d, layer in enumerate(self.mtp, start=1):
+            assert isinstance(layer, MTPLayer)  # nn.ModuleList yields plain Modules
             L = T - d
             if L < 1:
                 break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,8 @@ def build_attention_mask(
 
 
 class SproutForCausalLM(nn.Module):
+    config: ModelConfig  # each family narrows this to its own config class
+    lora_config: dict[str, Any]  # set by sprout.train.lora.apply_lora; absent on a model without adapters
     norm_cls: type[nn.Module] = RMSNorm  # Qwen3-Next uses zero-centred (1 + w) norms
 
     def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
@@ -150,7 +153,7 @@ class SproutForCausalLM(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
-            if getattr(module, "bias", None) is not None:
+            if isinstance(module, nn.Linear) and module.bias is not None:  # nn.Embedding has no bias
                 nn.init.zeros_(module.bias)
 
     def new_cache(self, batch: int, max_len: int) -> Cache:

@@ -24,7 +24,7 @@ from .qwen3_next import Qwen3NextConfig, Qwen3NextForCausalLM
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 # model_type (config.json) -> (config reader, model class): every family sprout reads and writes.
-REGISTRY: dict[str, tuple[Callable[[dict], ModelConfig], Callable[..., nn.Module]]] = {
+REGISTRY: dict[str, tuple[Callable[[dict], ModelConfig], type[SproutForCausalLM]]] = {
     "qwen3": (ModelConfig.from_hf_dict, SproutForCausalLM),
     "llama": (ModelConfig.from_hf_dict, SproutForCausalLM),
     "qwen3_moe": (MoEConfig.from_hf_dict, MoEForCausalLM),
@@ -34,11 +34,11 @@ REGISTRY: dict[str, tuple[Callable[[dict], ModelConfig], Callable[..., nn.Module
 }
 
 
-def build_model(cfg) -> nn.Module:
+def build_model(cfg: ModelConfig) -> SproutForCausalLM:
     return REGISTRY[cfg.model_type][1](cfg)
 
 
-def read_config(folder: str | Path):
+def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / "config.json"
     if not path.exists():
         raise SystemExit(f"{folder} is not a model folder: {path} is missing")
@@ -74,7 +74,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise UserError("no model.safetensors (sprout reads only safetensors weights)", file=folder)
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SproutForCausalLM:
     folder = Path(folder)
     cfg = read_config(folder)
     model = build_model(cfg)
@@ -91,7 +91,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     return model.to(device=device, dtype=dtype)
 
 
-def save_model(model: nn.Module, folder: str | Path, generation_config: dict | None = None) -> None:
+def save_model(model: SproutForCausalLM, folder: str | Path, generation_config: dict | None = None) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config

@@ -213,7 +213,7 @@ class MoEConfig(ModelConfig):
     mlp_only_layers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.head_dim is None:
+        if not self.head_dim:  # unset: derived, as in ModelConfig
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.model_type not in ("qwen3_moe", "qwen2_moe"):
             raise ValueError(f"MoEConfig.model_type must be qwen3_moe or qwen2_moe, got {self.model_type!r}")
@@ -273,9 +273,12 @@ class MoEConfig(ModelConfig):
 class MoEForCausalLM(SproutForCausalLM):
     """The dense decoder with MoE feed-forward layers (layout `qwen3_moe` or `qwen2_moe`)."""
 
-    def make_layer(self, cfg: MoEConfig, layer_idx: int) -> nn.Module:
+    config: MoEConfig
+
+    def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         from .dense import DecoderLayer
 
+        assert isinstance(cfg, MoEConfig)  # the family's own config, as __init__ receives it
         ffn = None
         if cfg.is_sparse(layer_idx):
             ffn = MoEBlock(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,

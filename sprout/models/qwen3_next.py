@@ -50,7 +50,7 @@ class Qwen3NextConfig(ModelConfig):
     tie_word_embeddings: bool = False
     partial_rotary_factor: float = 0.25
     full_attention_interval: int = 4
-    layer_types: list[str] | None = None
+    layer_types: list[str] = field(default_factory=list)  # empty (or null in config.json) = every 4th full
     linear_conv_kernel_dim: int = 4
     linear_key_head_dim: int = 32
     linear_value_head_dim: int = 32
@@ -69,9 +69,9 @@ class Qwen3NextConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.model_type != "qwen3_next":
             raise ValueError(f"Qwen3NextConfig.model_type must be qwen3_next, got {self.model_type!r}")
-        if self.head_dim is None:
+        if not self.head_dim:  # unset: derived, as in ModelConfig
             self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.layer_types is None:
+        if not self.layer_types:
             self.layer_types = ["full_attention" if (i + 1) % self.full_attention_interval == 0 else "linear_attention"
                                 for i in range(self.num_hidden_layers)]
         if len(self.layer_types) != self.num_hidden_layers:
@@ -347,9 +347,12 @@ class Qwen3NextForCausalLM(SproutForCausalLM):
 
     norm_cls = ZeroCenteredRMSNorm
 
-    def make_layer(self, cfg: Qwen3NextConfig, i: int) -> nn.Module:
+    config: Qwen3NextConfig
+
+    def make_layer(self, cfg: ModelConfig, i: int) -> nn.Module:
         from .layers import SwiGLU
 
+        assert isinstance(cfg, Qwen3NextConfig)  # the family's own config, as __init__ receives it
         if i not in cfg.mlp_only_layers and cfg.num_experts > 0 and (i + 1) % cfg.decoder_sparse_step == 0:
             ffn: nn.Module = MoEBlock(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok,
                                       cfg.moe_intermediate_size, score="softmax", norm_topk=cfg.norm_topk_prob,

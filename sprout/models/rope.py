@@ -20,8 +20,13 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # dense.py imports this module (through layers.py)
+    from .dense import SproutForCausalLM
 
 KINDS = ("none", "linear", "ntk", "yarn")
 
@@ -44,7 +49,7 @@ def scaled_inv_freq(dim: int, theta: float, kind: str = "none", factor: float = 
             return dim * math.log(original_max_position / (turns * 2 * math.pi)) / (2 * math.log(theta))
 
         lo = max(math.floor(channel(beta_fast)), 0)
-        hi = min(math.ceil(channel(beta_slow)), dim - 1)
+        hi: float = min(math.ceil(channel(beta_slow)), dim - 1)
         if lo == hi:
             hi += 0.001
         ramp = ((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
@@ -56,6 +61,8 @@ def scaled_inv_freq(dim: int, theta: float, kind: str = "none", factor: float = 
 
 class RotaryEmbedding(nn.Module):
     """cos/sin [B, T, dim] for given positions ("rotate half" layout, as transformers), optionally scaled."""
+
+    inv_freq: torch.Tensor  # a registered buffer
 
     def __init__(self, head_dim: int, theta: float, kind: str = "none", factor: float = 1.0,
                  original_max_position: int = 2048):
@@ -73,7 +80,8 @@ class RotaryEmbedding(nn.Module):
         return (emb.cos() * a).to(dtype), (emb.sin() * a).to(dtype)
 
 
-def apply_rope_scaling(model: nn.Module, kind: str, factor: float, original_max_position: int | None = None) -> nn.Module:
+def apply_rope_scaling(model: SproutForCausalLM, kind: str, factor: float,
+                       original_max_position: int | None = None) -> SproutForCausalLM:
     """Replace the model's rotary embedding by a scaled one (in place; returns the model).
 
     original_max_position: the length the model was trained at (defaults to config
