@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.readers import read_records
-from ..models import apply_rope_scaling
+from ..models import SproutForCausalLM, apply_rope_scaling
 
 KINDS = ("none", "linear", "ntk", "yarn")
 
 
 @torch.no_grad()
-def context_length_table(model: nn.Module, tokenizer, path: str, train_len: int, multiples=(1, 2, 4),
+def context_length_table(model: SproutForCausalLM, tokenizer, path: str, train_len: int, multiples=(1, 2, 4),
                          max_windows: int = 32, batch_size: int = 4) -> list[dict]:
     """Rows {"length", "none", "linear", "ntk", "yarn"} of perplexity over non-overlapping windows of the
     file's token stream (documents joined by <|endoftext|>). The same windows are used for every method."""

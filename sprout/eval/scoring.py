@@ -5,12 +5,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ..models import SproutForCausalLM
 
 
 @torch.no_grad()
 def continuation_logprobs(
-    model: nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16
+    model: SproutForCausalLM, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16
 ) -> list[tuple[float, int]]:
     """For each (context, continuation) token pair return (sum of log p(continuation | context), its length).
 

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..models import SproutForCausalLM
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -76,7 +78,7 @@ def _matches(name: str, targets: Iterable[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+def apply_lora(model: SproutForCausalLM, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                target_modules: Iterable[str] = DEFAULT_TARGETS) -> list[str]:
     """Freeze every parameter of `model`, wrap each targeted nn.Linear in a LoRALinear (in place).
     Returns the wrapped module paths. lm_head and embeddings are never targeted by default."""
@@ -112,7 +114,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model: str | None = None) -> Path:
+def save_adapter(model: SproutForCausalLM, folder: str | Path, base_model: str | None = None) -> Path:
     """Write adapter_config.json + adapter_model.safetensors (PEFT layout, plain LoRA: no DoRA, no bias)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+def load_adapter(model: SproutForCausalLM, folder: str | Path) -> SproutForCausalLM:
     """Wrap `model` with the adapter in `folder` (unmerged) and load its weights."""
     folder = Path(folder)
     cfg = read_adapter_config(folder)
@@ -189,7 +191,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     return model
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: SproutForCausalLM) -> SproutForCausalLM:
     """Fold every adapter into its base weight and remove the wrappers (in place); returns model."""
     for name, m in lora_modules(model).items():
         parent_name, _, child = name.rpartition(".")

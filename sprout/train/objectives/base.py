@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from ...config import TrainConfig
-from ...models import build_model, load_model, model_preset, save_model
+from ...models import SproutForCausalLM, build_model, load_model, model_preset, save_model
 from ...models.dense import CausalLMOutput
 from ...models.moe import moe_metrics, update_router_biases
 
@@ -50,7 +50,7 @@ class Objective:
 
         return Tokenizer.load(self.cfg.tokenizer or self.cfg.model or default_tokenizer_dir())
 
-    def build_model(self, tokenizer: Any) -> nn.Module:
+    def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         """Load cfg.model, or build a fresh `cfg.preset` whose vocabulary fits the tokenizer.
 
         Returned on CPU in fp32; the engine moves it. Objectives that need extra models
@@ -163,9 +163,16 @@ class Objective:
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""
-        save_model(model, out, tokenizer.generation_ids() if tokenizer is not None else None)
+        save_model(sprout_model(model), out, tokenizer.generation_ids() if tokenizer is not None else None)
         if tokenizer is not None:
             tokenizer.save(out)
+
+
+def sprout_model(model: nn.Module) -> SproutForCausalLM:
+    """The model the engine hands a hook, as the sprout model it is (hooks are typed nn.Module for the engine)."""
+    if not isinstance(model, SproutForCausalLM):
+        raise TypeError(f"expected a sprout model (SproutForCausalLM), got {type(model).__name__}")
+    return model
 
 
 def mtp_loss(mtp_logits: list[torch.Tensor], labels: torch.Tensor, doc_ids: torch.Tensor | None = None

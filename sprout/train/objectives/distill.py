@@ -20,6 +20,7 @@ from torch import nn
 
 from ...models import load_model
 from . import register
+from .base import sprout_model
 from .lm import SFTObjective, model_inputs
 
 
@@ -54,7 +55,7 @@ class DistillObjective(SFTObjective):
         if not teacher:
             raise SystemExit("distill needs a teacher: objective_args.teacher=MODEL_DIR")
         self.teacher = load_model(teacher, device=device).eval().requires_grad_(False)
-        tv, sv = self.teacher.config.vocab_size, model.config.vocab_size
+        tv, sv = self.teacher.config.vocab_size, sprout_model(model).config.vocab_size
         if tv != sv:
             raise SystemExit(f"teacher vocabulary ({tv}) differs from the student's ({sv}); they must share a tokenizer")
 

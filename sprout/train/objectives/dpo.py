@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...models import load_model
+from ...models import SproutForCausalLM, load_model
 from . import register
 from .base import Objective, move_batch
 
@@ -146,6 +146,7 @@ class DPOObjective(Objective):
     healthy = ("The loss starts at ln 2 = 0.693 (policy = reference), the reward margin grows and accuracy "
                "(chosen reward above rejected) rises well above 0.5; chosen log-probabilities should not collapse.")
     plot_metrics = ("margin", "accuracy", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
+    policy: nn.Module  # the model being trained: set by setup(), which the engine calls before datasets()
 
     @property
     def args(self) -> dict[str, Any]:
@@ -161,10 +162,9 @@ class DPOObjective(Objective):
         if self.reference not in ("precompute", "frozen"):
             raise SystemExit(f"objective_args.reference must be precompute or frozen, got {self.reference!r}")
         self.ref_model: nn.Module | None = None
-        self.policy: nn.Module | None = None
         self.device = torch.device("cpu")
 
-    def build_model(self, tokenizer: Any) -> nn.Module:
+    def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
             raise SystemExit("dpo starts from a trained (SFT) model: give model=DIR")
         return super().build_model(tokenizer)

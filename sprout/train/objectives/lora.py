@@ -13,7 +13,9 @@ from typing import Any, Iterator
 from torch import nn
 
 from ..lora import DEFAULT_TARGETS, apply_lora, load_adapter, lora_parameters, save_adapter
+from ...models import SproutForCausalLM
 from . import register
+from .base import sprout_model
 from .lm import SFTObjective
 
 
@@ -29,7 +31,7 @@ class LoRAObjective(SFTObjective):
     def args(self) -> dict[str, Any]:
         return self.cfg.objective_args or {}
 
-    def build_model(self, tokenizer: Any) -> nn.Module:
+    def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
             raise SystemExit("lora trains adapters on an existing model: give model=BASE_MODEL_DIR")
         model = super().build_model(tokenizer)
@@ -55,6 +57,6 @@ class LoRAObjective(SFTObjective):
         return Path(self.cfg.out) / "tokenized" / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
-        save_adapter(model, out, base_model=str(Path(self.cfg.model).resolve()))
+        save_adapter(sprout_model(model), out, base_model=str(Path(self.cfg.model).resolve()))
         if tokenizer is not None:
             tokenizer.save(out)
