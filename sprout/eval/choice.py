@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
+from ..models import SproutForCausalLM
 from .scoring import continuation_logprobs, wilson_interval
 
 
@@ -48,7 +47,7 @@ def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[li
     return [(ctx, tokenizer.encode(opt) + [end]) for opt in options]
 
 
-def score_choices(model: nn.Module, tokenizer, items: list[dict], task: str, batch_size: int = 16,
+def score_choices(model: SproutForCausalLM, tokenizer, items: list[dict], task: str, batch_size: int = 16,
                   return_scores: bool = False):
     """items: {question, options, answer}. Returns results for the `mean` and `pmi` methods
     (and, with `return_scores`, each item's {"mean": [...], "pmi": [...]} option scores)."""

@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.readers import read_records
 from ..models import SproutForCausalLM, apply_rope_scaling

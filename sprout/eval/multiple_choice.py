@@ -25,9 +25,8 @@ import json
 import random
 from pathlib import Path
 
-from torch import nn
-
 from ..errors import UserError, read_text
+from ..models import SproutForCausalLM
 from .choice import ChoiceResult
 from .scoring import continuation_logprobs
 
@@ -134,9 +133,9 @@ def build_prompts(items: list[dict], dev: list[dict] | None = None, shots: int =
     return out
 
 
-def score_multiple_choice(model: nn.Module, tokenizer, items: list[dict], task: str, dev: list[dict] | None = None,
-                          shots: int = 0, seed: int = 0, batch_size: int = 8, header: str = "",
-                          return_scores: bool = False):
+def score_multiple_choice(model: SproutForCausalLM, tokenizer, items: list[dict], task: str,
+                          dev: list[dict] | None = None, shots: int = 0, seed: int = 0, batch_size: int = 8,
+                          header: str = "", return_scores: bool = False):
     """Accuracy of `letter`, `option` and `option_norm` scoring (see the module docstring).
 
     Context and continuation are encoded separately (the continuation with its leading space), so

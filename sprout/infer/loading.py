@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..models import SproutForCausalLM, apply_rope_scaling, load_model
 from ..tokenizer import Tokenizer
@@ -18,7 +17,8 @@ def parse_rope_scaling(spec: str) -> tuple[str, float, int | None]:
     return parts[0], float(parts[1]), int(parts[2]) if len(parts) == 3 else None
 
 
-def load_for_inference(model_dir: str, device: str = "auto", rope_scaling: str | None = None) -> tuple[SproutForCausalLM, Tokenizer]:
+def load_for_inference(model_dir: str, device: str = "auto",
+                       rope_scaling: str | None = None) -> tuple[SproutForCausalLM, Tokenizer]:
     dev = select_device(device)
     # bf16 weights on CUDA halve memory and time; CPU and MPS stay in fp32 for exactness.
     dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32

@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ..errors import UserError
 from .config import ModelConfig
@@ -74,7 +73,8 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise UserError("no model.safetensors (sprout reads only safetensors weights)", file=folder)
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SproutForCausalLM:
+def load_model(folder: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> SproutForCausalLM:
     folder = Path(folder)
     cfg = read_config(folder)
     model = build_model(cfg)

@@ -19,7 +19,6 @@ Scaling is an inference-time setting: `apply_rope_scaling(model, "yarn", 4)` aft
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import torch

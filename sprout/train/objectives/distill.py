@@ -55,7 +55,8 @@ class DistillObjective(SFTObjective):
         if not teacher:
             raise SystemExit("distill needs a teacher: objective_args.teacher=MODEL_DIR")
         self.teacher = load_model(teacher, device=device).eval().requires_grad_(False)
-        tv, sv = self.teacher.config.vocab_size, sprout_model(model).config.vocab_size
+        student = sprout_model(model)
+        tv, sv = self.teacher.config.vocab_size, student.config.vocab_size
         if tv != sv:
             raise SystemExit(f"teacher vocabulary ({tv}) differs from the student's ({sv}); they must share a tokenizer")
 

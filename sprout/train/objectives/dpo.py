@@ -169,6 +169,13 @@ class DPOObjective(Objective):
             raise SystemExit("dpo starts from a trained (SFT) model: give model=DIR")
         return super().build_model(tokenizer)
 
+    def _reference_source(self) -> str:
+        """The reference model's folder: objective_args.ref_model, else the SFT model the policy starts from."""
+        source = self.args.get("ref_model") or self.cfg.model
+        if not source:
+            raise SystemExit("dpo starts from a trained (SFT) model: give model=DIR")
+        return str(source)
+
     def _reference(self) -> nn.Module:
         if self.args.get("ref_model"):
             return load_model(self.args["ref_model"], device=self.device).eval().requires_grad_(False)
@@ -187,7 +194,7 @@ class DPOObjective(Objective):
         p = Path(source)
         key = json.dumps([str(p.resolve()), p.stat().st_mtime_ns if p.is_file() else 0, self.cfg.seq_len, limit,
                           tokenizer_fingerprint(tokenizer), self.reference,
-                          str(Path(self.args.get("ref_model") or self.cfg.model).resolve())])
+                          str(Path(self._reference_source()).resolve())])
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
         cache = Path(self.cfg.out) / "tokenized" / "dpo" / f"{split}-{key}.pt"
         if cache.exists():  # tokens and reference log-probs, computed once

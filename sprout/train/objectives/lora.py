@@ -12,8 +12,8 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from ..lora import DEFAULT_TARGETS, apply_lora, load_adapter, lora_parameters, save_adapter
 from ...models import SproutForCausalLM
+from ..lora import DEFAULT_TARGETS, apply_lora, load_adapter, lora_parameters, save_adapter
 from . import register
 from .base import sprout_model
 from .lm import SFTObjective
@@ -57,6 +57,7 @@ class LoRAObjective(SFTObjective):
         return Path(self.cfg.out) / "tokenized" / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
-        save_adapter(sprout_model(model), out, base_model=str(Path(self.cfg.model).resolve()))
+        base = str(Path(self.cfg.model).resolve()) if self.cfg.model else None  # build_model requires cfg.model
+        save_adapter(sprout_model(model), out, base_model=base)
         if tokenizer is not None:
             tokenizer.save(out)
