@@ -105,7 +105,7 @@ class TemplateChat:
                 end = len(upto)
             else:  # this turn reads differently once later turns follow: it ends at its end token
                 at = full.find(turn_end, start) if turn_end else -1
-                if at < 0:
+                if not turn_end or at < 0:
                     raise ValueError("cannot find where assistant turn ends in the chat template's text; the "
                                      "tokenizer needs a known end-of-turn token (eos_token)")
                 end = at + len(turn_end)

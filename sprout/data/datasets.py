@@ -140,7 +140,7 @@ class SFTDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        if self._tok is None:
+        if self._tok is None or self._mask is None:  # opened together, lazily (per DataLoader worker)
             self._tok = np.memmap(self.dir / "tokens.bin", dtype=self.dtype, mode="r")
             self._mask = np.memmap(self.dir / "mask.bin", dtype=np.uint8, mode="r")
         T = self.seq_len

@@ -124,6 +124,8 @@ class _SplitWriter:
     def append(self, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
         self._buf.append(ids.astype(self.dtype, copy=False))
         if self._mask_f is not None:
+            if mask is None:
+                raise ValueError("this writer stores a loss mask: append(ids, mask) needs the mask")
             self._mbuf.append(mask.astype(np.uint8, copy=False))
         self._buffered += len(ids)
         self.offsets.append(self.offsets[-1] + len(ids))
@@ -147,7 +149,7 @@ class _SplitWriter:
         self._tok_f.truncate(start * self.dtype.itemsize)
         self._tok_f.seek(start * self.dtype.itemsize)
         mask = None
-        if self._mask_f is not None:
+        if self._mask_f is not None and self.mask_path is not None:  # both or neither
             self._mask_f.flush()
             mask = np.fromfile(self.mask_path, dtype=np.uint8, count=end - start, offset=start)
             self._mask_f.truncate(start)
@@ -344,7 +346,7 @@ def tokenize_sft(
         w.close()
         np.save(out / split / "offsets.npy", np.asarray(w.offsets, dtype=np.int64))
         split_meta = {"dtype": dtype.name, "tokens": w.tokens, "conversations": w.docs,
-                      "target_tokens": _count_ones(w.mask_path) if w.tokens else 0,
+                      "target_tokens": _count_ones(w.mask_path) if w.tokens and w.mask_path else 0,
                       "seq_len": seq_len, "pad_id": tokenizer.pad_id}
         _write_json(out / split / "meta.json", split_meta)
         summary[split] = split_meta

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(training rows, validation rows) from RUN_DIR/metrics.jsonl."""
-    train, val = [], []
+    train: list[dict] = []
+    val: list[dict] = []
     path = Path(run_dir) / "metrics.jsonl"
     for line in path.read_text().splitlines():
         if line.strip():

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, TextIO
 import torch
 from torch import nn
 
+from ..tokenizer import Tokenizer
 from ..tools import parse_tool_calls, run_tool
 from .generate import SamplingConfig, TextDecoder, generate_stream
 
@@ -26,7 +27,7 @@ HELP = "commands: /reset  /think on|off  /system TEXT  /quit"
 @dataclass
 class ChatSession:
     model: nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     sampling: SamplingConfig
     system: str | None = None
     thinking: bool = False
@@ -52,7 +53,7 @@ class ChatSession:
 
     def _generate(self, ids: list[int]) -> Iterator[str]:
         decoder = TextDecoder(lambda t: self.tokenizer.decode(t, skip_special_tokens=False))
-        stops = set(self.sampling.stop_token_ids)
+        stops = set(self.sampling.stop_token_ids or ())  # never None after __post_init__
         for step in generate_stream(self.model, [ids], self.sampling):
             tok = step[0]
             if tok is None or tok in stops:

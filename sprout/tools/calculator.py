@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from fractions import Fraction
 
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|(\*\*|//|[-+*/%^(),×÷])|([A-Za-z_]+))")
-_FUNCS = {"sqrt": lambda x: math.sqrt(x), "abs": abs, "round": lambda x, n=0: round(x, int(n))}
+# Each is called with the float values of its arguments.
+_FUNCS: dict[str, Callable[..., float]] = {"sqrt": lambda x: math.sqrt(x), "abs": abs,
+                                           "round": lambda x, n=0: round(x, int(n))}
 MAX_EXPONENT = 1000
 MAX_LEN = 200
 

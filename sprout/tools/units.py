@@ -3,7 +3,7 @@ from __future__ import annotations
 
 # factor to the base unit of each dimension
 _UNITS: dict[str, tuple[str, float]] = {}
-_TABLES = {
+_TABLES: dict[str, dict[str, float]] = {
     "length": {"m": 1, "km": 1000, "cm": 0.01, "mm": 0.001, "mile": 1609.344, "yard": 0.9144, "foot": 0.3048,
                "inch": 0.0254},
     "mass": {"kg": 1, "g": 0.001, "mg": 1e-6, "t": 1000, "lb": 0.45359237, "oz": 0.028349523125},

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 _INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}
 
@@ -119,7 +119,7 @@ class ProgressDisplay:
         self.console = Console(stderr=True)
         self.interactive = enabled and self.console.is_terminal
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None  # set together with _bar
         self._t0 = time.perf_counter()
         self._p0: float | None = None
 
@@ -152,7 +152,7 @@ class ProgressDisplay:
         eta = format_duration(self.eta(progress))
         head = f"step {step}" + (f"/{total}" if total else "")
         info = f"loss {loss:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s  eta {eta}"
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=int(progress * 1000), description=head, info=info)
         elif step % self.log_every == 0:
             print(f"{head} ({min(progress, 1.0):.1%})  {info}", file=sys.stderr, flush=True)
