@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from torch import nn
+from ..models.dense import SproutForCausalLM
 
 from ..infer.generate import SamplingConfig, generate
 
@@ -46,7 +46,7 @@ def sample_questions(per_language: int = 4) -> list[tuple[str, str]]:
     return qs
 
 
-def generate_samples(model: nn.Module, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 160,
+def generate_samples(model: SproutForCausalLM, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 160,
                      seed: int = 0) -> list[dict]:
     sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.6, top_p=0.9, frequency_penalty=0.3,
                         seed=seed, stop_token_ids=tokenizer.stop_ids)

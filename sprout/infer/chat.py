@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator, TextIO
 
 import torch
-from torch import nn
+from ..models.dense import SproutForCausalLM
 
 from ..tokenizer import Tokenizer
 from ..tools import parse_tool_calls, run_tool
@@ -26,7 +26,7 @@ HELP = "commands: /reset  /think on|off  /system TEXT  /quit"
 
 @dataclass
 class ChatSession:
-    model: nn.Module
+    model: SproutForCausalLM
     tokenizer: Tokenizer
     sampling: SamplingConfig
     system: str | None = None

@@ -31,13 +31,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from ..models.cache import GROW, Cache
 from .generate import SamplingConfig, sample_next
+
+if TYPE_CHECKING:
+    from ..models.dense import SproutForCausalLM
 
 log = logging.getLogger("sprout.serve")
 
@@ -87,7 +90,8 @@ class _Row:
 class BatchEngine:
     """Owns one model and a scheduler thread. `submit` is thread-safe and returns at once."""
 
-    def __init__(self, model: nn.Module, max_batch: int = 32, context_len: int | None = None, name: str = "model"):
+    def __init__(self, model: SproutForCausalLM, max_batch: int = 32, context_len: int | None = None,
+                 name: str = "model"):
         require_cache_protocol(model, name)
         self.model, self.max_batch, self.name = model, max_batch, name
         self.device = next(model.parameters()).device
@@ -199,7 +203,7 @@ class BatchEngine:
     def _emit_tokens(self, rows: list[_Row], toks: list[int]) -> None:
         for r, t in zip(rows, toks):
             r.generated += 1
-            if r.seen is not None:
+            if r.seen is not None and r.counts is not None:  # both kept only for rows with penalties
                 r.seen[t] = True
                 r.counts[t] += 1
             self._safe_emit(r.req, t)
@@ -236,6 +240,8 @@ class BatchEngine:
         toks = self._sample(logits, rows)
         # Merge: right-align the new rows with the running ones.
         if self._rows:
+            assert self._cache is not None and self._mask is not None and self._pos is not None \
+                and self._last is not None  # rows are running
             S = self._cache.length
             self._mask = self._mask[:, :S]  # spare columns are re-made by the next step
             if L < S:
@@ -251,12 +257,14 @@ class BatchEngine:
         else:
             self._cache, self._mask, self._pos = cache, mask, pos[:, -1] + 1
             self._last = torch.zeros(B, dtype=torch.long, device=self.device)
+        assert self._last is not None
         self._last[len(self._rows):] = torch.tensor(toks, device=self.device)
         self._rows += rows
         self._emit_tokens(rows, toks)
 
     def _decode_step(self) -> None:
-        assert self._cache is not None and self._mask is not None and self._pos is not None  # rows are running
+        assert self._cache is not None and self._mask is not None and self._pos is not None \
+            and self._last is not None  # rows are running
         B = len(self._rows)
         self.max_rows_seen = max(self.max_rows_seen, B)
         self._cache.reserve(1)
@@ -287,6 +295,8 @@ class BatchEngine:
         if not keep:
             self._rows, self._cache, self._mask, self._pos, self._last = [], None, None, None, None
             return
+        assert self._cache is not None and self._mask is not None and self._pos is not None \
+            and self._last is not None  # rows are running
         idx = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
         self._cache.select_rows(idx)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.dense import SproutForCausalLM
 
 
 @dataclass
@@ -84,7 +87,7 @@ def _penalised(sc: SamplingConfig) -> bool:
 _COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
-def decode_step_fn(model: nn.Module, compile_step: bool) -> Callable[..., torch.Tensor]:
+def decode_step_fn(model: SproutForCausalLM, compile_step: bool) -> Callable[..., torch.Tensor]:
     """One decoding step: (tokens [B], positions [B], mask [B, S] | None, cache) -> fp32 logits [B, V].
 
     With `compile_step` the step is compiled once per model (torch.compile; on CUDA in "reduce-overhead"
@@ -107,7 +110,7 @@ def decode_step_fn(model: nn.Module, compile_step: bool) -> Callable[..., torch.
 
 @torch.no_grad()
 def generate_stream(
-    model: nn.Module,
+    model: SproutForCausalLM,
     prompts: list[list[int]],
     sc: SamplingConfig,
     should_stop: Callable[[], bool] | None = None,
@@ -176,7 +179,7 @@ def generate_stream(
         next_pos += 1
 
 
-def generate(model: nn.Module, prompts: list[list[int]], sc: SamplingConfig, include_stop: bool = False,
+def generate(model: SproutForCausalLM, prompts: list[list[int]], sc: SamplingConfig, include_stop: bool = False,
              compile_step: bool = False) -> list[list[int]]:
     """Batched generation; returns the new tokens of each prompt (stop token dropped unless include_stop)."""
     out: list[list[int]] = [[] for _ in prompts]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import torch
-from torch import nn
 
+from ..models.dense import SproutForCausalLM
 from .engine_batch import BatchEngine, GenRequest
 from .generate import SamplingConfig, TextDecoder
 from .toolparse import OutputParser
@@ -57,7 +57,7 @@ class APIError(Exception):
 @dataclass
 class ModelEntry:
     name: str
-    model: nn.Module
+    model: SproutForCausalLM
     tokenizer: Any
     engine: BatchEngine
     context_len: int
@@ -83,7 +83,7 @@ def _generation_defaults(model_dir: str | Path) -> dict:
     return out
 
 
-def load_lora_model(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto") -> tuple[nn.Module, Any]:
+def load_lora_model(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto") -> tuple[SproutForCausalLM, Any]:
     """Base model + LoRA adapter folder (PEFT layout, sprout/train/lora.py) -> (merged model, tokenizer).
 
     The adapter is merged into a private copy of the base weights, so each adapter gets its own
@@ -107,7 +107,7 @@ class ModelRegistry:
         self.entries: dict[str, ModelEntry] = {}
         self.dirs: dict[str, str] = {}
 
-    def add(self, name: str, model: nn.Module, tokenizer: Any, defaults: dict | None = None,
+    def add(self, name: str, model: SproutForCausalLM, tokenizer: Any, defaults: dict | None = None,
             parent: str | None = None) -> ModelEntry:
         if name in self.entries:
             raise ValueError(f"model name {name!r} used twice")
@@ -334,7 +334,7 @@ async def generate_events(entry: ModelEntry, prompt: list[int], sc: SamplingConf
     req = GenRequest(prompt, sc, emit, deadline=deadline)
     decoder = TextDecoder(lambda ids: entry.tokenizer.decode(ids, skip_special_tokens=False))
     stop_filter = StopStringFilter(stops)
-    stop_ids = set(sc.stop_token_ids)
+    stop_ids = set(sc.stop_token_ids or ())
 
     def parse(text: str, final: bool = False) -> list[tuple[str, Any]]:
         if parser is None:
