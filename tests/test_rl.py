@@ -9,15 +9,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ctrl_c_at, save_tiny_chat_model, tiny_model
+from safetensors.torch import load_file
 
 from sprout.config import TrainConfig
 from sprout.rl import rewards as R
-from sprout.rl.rollout import LocalBackend, OpenAIBackend, Trajectory, agent_rollouts, pack, tool_turn_text
+from sprout.rl.rollout import (
+    LocalBackend,
+    OpenAIBackend,
+    Trajectory,
+    agent_rollouts,
+    pack,
+    tool_turn_text,
+)
 from sprout.train.engine import train
-from sprout.train.objectives.grpo import grpo_loss, group_advantages
+from sprout.train.objectives.grpo import group_advantages, grpo_loss
 from sprout.train.objectives.ppo import gae, last_token_mask, ppo_losses
 from sprout.train.objectives.spo import ValueTracker, spo_loss
 
@@ -194,6 +200,20 @@ def test_agent_rollout_runs_the_tool_and_masks_its_output() -> None:
     assert m[1].tolist()[:4] == [0, 0, 1, 1] and m[1].sum() == 2  # padding is never a target
 
 
+def test_masked_token_logps_equal_the_full_projection() -> None:
+    from sprout.rl.rollout import token_logps
+
+    model = tiny_model(0)
+    ids = torch.randint(3, 512, (3, 9))
+    mask = (torch.rand(3, 8) > 0.5).float()
+    with torch.no_grad():
+        full = token_logps(model, ids, 0.7)
+        part = token_logps(model, ids, 0.7, mask)
+    assert torch.allclose(part, full * mask, atol=1e-6)
+    want = torch.log_softmax(model(ids).logits[0, 2] / 0.7, -1)[ids[0, 3]]
+    assert full[0, 2].item() == pytest.approx(want.item(), abs=1e-5)
+
+
 def test_openai_backend_against_sprout_serve_app() -> None:
     """Rollouts from sprout serve's app (in-process) equal local sampling with the same weights; the
     weight-sync hook is what makes the server follow the policy."""
@@ -212,7 +232,7 @@ def test_openai_backend_against_sprout_serve_app() -> None:
                 p.mul_(20)  # lively: greedy decoding wanders instead of repeating one token
     registry = ModelRegistry(ServeSettings())
     registry.add("tiny", served, tok)
-    synced = lambda m: served.load_state_dict(m.state_dict())  # noqa: E731  (in-process weight sync)
+    synced = lambda m: served.load_state_dict(m.state_dict())
     prompts = [tok.encode("Hello there"), tok.encode("Count: 1 2 3")]
     sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
     with TestClient(create_app(registry)) as client:

@@ -134,14 +134,31 @@ def pack(trajs: list[Trajectory], pad_id: int, device: torch.device | str = "cpu
     return {"input_ids": ids.to(device), "loss_mask": own[:, 1:].float().to(device)}
 
 
-def token_logps(model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(input_ids[:, t+1] | prefix) for every t: [N, T-1], under the sampling temperature."""
+def token_logps(model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | prefix) for every t: [N, T-1], under the sampling temperature.
+
+    With `mask` ([N, T-1]) the vocabulary projection runs only where mask > 0 (elsewhere the result
+    is 0): an agentic prompt with every tool listed is ~450 tokens and the reply ~60, so this skips
+    most of the [N, T, V] logits, the largest tensor of the step."""
+    if mask is not None and hasattr(model, "trunk"):
+        x, _ = model.trunk(input_ids[:, :-1])
+        return selected_logps(model.lm_head, model.model.norm(x), input_ids[:, 1:], mask > 0, temperature)
     logits = model(input_ids[:, :-1]).logits.float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     target = input_ids[:, 1:]
     # log_softmax gathered at the target, without materialising a second [N, T, V] tensor
     return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def selected_logps(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, sel: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    logits = head(hidden[sel]).float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    picked = logits.gather(-1, target[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    return torch.zeros(target.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sel, picked)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

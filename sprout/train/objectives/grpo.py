@@ -91,9 +91,10 @@ class GRPOObjective(RLObjective):
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = pack(trajs, self.tokenizer.pad_id, self.device)
         adv = group_advantages(rewards.float(), self.group, bool(self.args.get("scale_rewards", True)))
-        logps = token_logps(model, batch["input_ids"], self.sampling.temperature)
-        loss, m = grpo_loss(logps, logps.detach(), self.ref_logps(batch["input_ids"]), adv, batch["loss_mask"],
-                            self.kl_coef, self.eps_low, self.eps_high, self.loss_type, self.sampling.max_new_tokens)
+        ids, mask = batch["input_ids"], batch["loss_mask"]
+        logps = token_logps(model, ids, self.sampling.temperature, mask)
+        loss, m = grpo_loss(logps, logps.detach(), self.ref_logps(ids, mask), adv, mask, self.kl_coef,
+                            self.eps_low, self.eps_high, self.loss_type, self.sampling.max_new_tokens)
         # groups whose replies all scored the same teach nothing: worth watching on an easy or hard task
         m["zero_std_groups"] = (rewards.view(-1, self.group).std(1) == 0).float().mean()
         return loss, m

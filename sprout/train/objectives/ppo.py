@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...models import save_model
-from ...rl.rollout import Trajectory, masked_mean, pack
+from ...rl.rollout import masked_mean, pack, selected_logps
 from . import register
 from .rl import RLObjective
 
@@ -39,16 +39,15 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p of each next token [N, T-1], value of each prefix [N, T-1])."""
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p of each next token [N, T-1], value of each prefix [N, T-1]), computed where mask > 0."""
         x, _ = self.policy.trunk(input_ids[:, :-1])
         h = self.policy.model.norm(x)
-        logits = self.policy.lm_head(h).float()
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        target = input_ids[:, 1:]
-        logps = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-        return logps, self.value_head(h).squeeze(-1).float()
+        sel = mask > 0
+        logps = selected_logps(self.policy.lm_head, h, input_ids[:, 1:], sel, temperature)
+        values = torch.zeros_like(logps).masked_scatter(sel, self.value_head(h[sel]).squeeze(-1).float())
+        return logps, values
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
@@ -122,8 +121,8 @@ class PPOObjective(RLObjective):
         self._maybe_dump(trajs, rewards)
         b = pack(trajs, self.tokenizer.pad_id, self.device)
         mask = b["loss_mask"]
-        old_logps, old_values = model(b["input_ids"], self.sampling.temperature)
-        ref = self.ref_logps(b["input_ids"])
+        old_logps, old_values = model(b["input_ids"], mask, self.sampling.temperature)
+        ref = self.ref_logps(b["input_ids"], mask)
         per_tok = torch.zeros_like(old_logps)
         if ref is not None:
             per_tok = -self.kl_coef * (old_logps - ref) * mask
@@ -151,7 +150,7 @@ class PPOObjective(RLObjective):
         rows = buf["order"][pos:pos + mb].to(self.device)
         ids = buf["input_ids"][rows]
         mask = buf["mask"][rows]
-        logps, values = model(ids, self.sampling.temperature)
+        logps, values = model(ids, mask, self.sampling.temperature)
         pg, vf, m = ppo_losses(logps, buf["old_logps"][rows], values, buf["old_values"][rows], buf["adv"][rows],
                                buf["ret"][rows], mask, float(self.args.get("epsilon", 0.2)),
                                float(self.args.get("value_clip", 0.2)))

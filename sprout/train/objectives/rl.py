@@ -33,8 +33,16 @@ from torch.utils.data import Dataset
 from ...infer.generate import SamplingConfig
 from ...models import load_model
 from ...rl import rewards as R
-from ...rl.rollout import (DiskSync, LocalBackend, OpenAIBackend, Trajectory, agent_rollouts, dump_samples, sample,
-                           token_logps)
+from ...rl.rollout import (
+    DiskSync,
+    LocalBackend,
+    OpenAIBackend,
+    Trajectory,
+    agent_rollouts,
+    dump_samples,
+    sample,
+    token_logps,
+)
 from .base import Objective
 
 
@@ -263,11 +271,11 @@ class RLObjective(Objective):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state.get("calls", 0))
 
-    def ref_logps(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+    def ref_logps(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         if self.ref_model is None:
             return None
         with torch.no_grad():
-            return token_logps(self.ref_model, input_ids, self.sampling.temperature)
+            return token_logps(self.ref_model, input_ids, self.sampling.temperature, mask)
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,8 @@ class SPOObjective(RLObjective):
         batch_mean = sum(r) / len(r)
         base = torch.tensor([self.tracker.value(k, batch_mean) for k in keys], device=self.device)
         adv = normalise(rewards.float() - base)
-        logps = token_logps(model, batch["input_ids"], self.sampling.temperature)
-        loss, m = spo_loss(logps, self.ref_logps(batch["input_ids"]), adv, batch["loss_mask"], self.kl_coef)
+        logps = token_logps(model, batch["input_ids"], self.sampling.temperature, batch["loss_mask"])
+        loss, m = spo_loss(logps, self.ref_logps(batch["input_ids"], batch["loss_mask"]), adv, batch["loss_mask"], self.kl_coef)
         kl_now = float(m["kl"]) if "kl" in m else self.last_kl
         m["baseline"] = base.mean()
         m["rho"] = sum(self.tracker.rho(k, kl_now) for k in set(keys)) / len(set(keys))
