@@ -180,7 +180,8 @@ def test_agent_rollout_runs_the_tool_and_masks_its_output() -> None:
     call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "128 * 37"}}\n</tool_call>'
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "128*37?"}], add_generation_prompt=True,
                                                 enable_thinking=False))
-    traj, = agent_rollouts(_Scripted(tok, [call, "The answer is 4736."]), tok, [prompt], SamplingConfig(), 1)
+    traj, = agent_rollouts(_Scripted(tok, [call, "The answer is 4736."]), tok, [prompt],
+                           SamplingConfig(stop_token_ids=tok.stop_ids), 1)
     assert traj.tool_calls == 1 and traj.final_text == "The answer is 4736."
     (gen1, own1), (tool, own2), (gen2, own3) = traj.pieces
     assert (own1, own2, own3) == (True, False, True)

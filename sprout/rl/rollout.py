@@ -187,7 +187,7 @@ def agent_rollouts(backend: RolloutBackend, tokenizer: Any, prompts: list[list[i
     from ..tools import run_tool as default_run_tool
 
     run = run_tool or default_run_tool
-    stops = set(sc.stop_token_ids)
+    stops = set(sc.stop_token_ids or ())
     trajs = [Trajectory(p) for p in prompts]
     active = list(range(len(trajs)))
     for round_ in range(max_tool_rounds + 1):

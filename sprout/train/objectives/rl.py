@@ -133,7 +133,7 @@ class RLObjective(Objective):
     # ---- data --------------------------------------------------------------------------------
     def load_tokenizer(self) -> Any:
         self.tokenizer = super().load_tokenizer()
-        self.sampling.stop_token_ids = [self.tokenizer.token_id("<|im_end|>"), self.tokenizer.token_id("<|endoftext|>")]
+        self.sampling.stop_token_ids = list(self.tokenizer.stop_ids)
         return self.tokenizer
 
     def _items(self, heldout: bool) -> list[dict]:
@@ -191,7 +191,7 @@ class RLObjective(Objective):
         if self.tool_rounds > 0:
             return agent_rollouts(self.backend, self.tokenizer, prompts, sc, self.tool_rounds)
         trajs = sample(self.backend, prompts, sc)
-        stops = set(sc.stop_token_ids)
+        stops = set(sc.stop_token_ids or ())
         for t in trajs:
             toks = [x for x in t.pieces[0][0] if x not in stops]
             t.final_text = self._answer_text(self.tokenizer.decode(toks, skip_special_tokens=False))
