@@ -233,7 +233,10 @@ def test_openai_backend_against_sprout_serve_app() -> None:
                 p.mul_(20)  # lively: greedy decoding wanders instead of repeating one token
     registry = ModelRegistry(ServeSettings())
     registry.add("tiny", served, tok)
-    synced = lambda m: served.load_state_dict(m.state_dict())
+
+    def synced(m):  # in-process weight sync
+        served.load_state_dict(m.state_dict())
+
     prompts = [tok.encode("Hello there"), tok.encode("Count: 1 2 3")]
     sc = SamplingConfig(max_new_tokens=6, temperature=0.0)
     with TestClient(create_app(registry)) as client:

@@ -18,7 +18,7 @@ _ARCH = {"qwen3": "Qwen3ForSequenceClassification", "llama": "LlamaForSequenceCl
 
 
 class RewardModel(nn.Module):
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: Any):  # a SproutForCausalLM of the qwen3 / llama family
         super().__init__()
         if lm.config.model_type not in _ARCH:
             raise SystemExit(f"reward models are built on qwen3 or llama models, not {lm.config.model_type!r}")

@@ -86,8 +86,9 @@ class SPOObjective(RLObjective):
         batch_mean = sum(r) / len(r)
         base = torch.tensor([self.tracker.value(k, batch_mean) for k in keys], device=self.device)
         adv = normalise(rewards.float() - base)
-        logps = token_logps(model, batch["input_ids"], self.sampling.temperature, batch["loss_mask"])
-        loss, m = spo_loss(logps, self.ref_logps(batch["input_ids"], batch["loss_mask"]), adv, batch["loss_mask"], self.kl_coef)
+        ids, mask = batch["input_ids"], batch["loss_mask"]
+        logps = token_logps(model, ids, self.sampling.temperature, mask)
+        loss, m = spo_loss(logps, self.ref_logps(ids, mask), adv, mask, self.kl_coef)
         kl_now = float(m["kl"]) if "kl" in m else self.last_kl
         m["baseline"] = base.mean()
         m["rho"] = sum(self.tracker.rho(k, kl_now) for k in set(keys)) / len(set(keys))
@@ -97,7 +98,8 @@ class SPOObjective(RLObjective):
         return loss, m
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "tracker": json.dumps(self.tracker.table), "last_kl": self.last_kl}
+        table = json.dumps(self.tracker.table)  # a string: checkpoints load with weights_only=True
+        return {**super().state_dict(), "tracker": table, "last_kl": self.last_kl}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
