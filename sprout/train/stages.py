@@ -14,6 +14,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "distill": ("distill", "white-box distillation: match a teacher's next-token distribution"),
     "reasoning": ("reasoning", "SFT with <think> blocks; the tag tokens can weigh more"),
     "tools": ("reasoning", "SFT on tool calls and tool results"),
+    "reward": ("reward", "Bradley-Terry reward model (scalar head) from preference pairs"),
+    "grpo": ("grpo", "RL: group-relative advantages, clipped ratio, k3 KL (loss_type=cispo too)"),
+    "ppo": ("ppo", "RL: actor + value head, GAE, value clipping, minibatch epochs, KL early stop"),
+    "spo": ("spo", "RL: one reply per prompt against an adaptive value baseline"),
+    "agent": ("agent", "RL with multi-turn rollouts that call the real tools"),
 }
 
 
