@@ -34,7 +34,9 @@ class TrainConfig:
     grad_accum: int = 1
     auto_batch_size: bool = False  # on CUDA out of memory, halve batch_size (doubling grad_accum) until it fits
     # optimiser and schedule
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest; docs/training.md)
     lr: float = 5e-4
+    muon_lr: float = 0.02  # Muon's lr for the matrices (the schedule scales it like lr)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -60,6 +62,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 on CUDA if supported, else fp32
     compile: bool = False
+    ce_chunk: int = 0  # >0: LM head + cross-entropy this many positions at a time (no full logits); 0 = plain
+    grad_checkpoint: bool = False  # recompute each decoder layer in backward instead of keeping its activations
     num_threads: int | None = None
     seed: int = 42
     resume: bool = False

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .cache import Cache, KVCache
@@ -127,6 +128,7 @@ class SproutForCausalLM(nn.Module):
     config: ModelConfig  # each family narrows this to its own config class
     lora_config: dict[str, Any]  # set by sprout.train.lora.apply_lora; absent on a model without adapters
     norm_cls: type[nn.Module] = RMSNorm  # Qwen3-Next uses zero-centred (1 + w) norms
+    gradient_checkpointing: bool = False  # training option (TrainConfig.grad_checkpoint)
 
     def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         """One decoder block: (x, cos, sin, mask, cache, pad_mask) -> (x, RoutingStats | None), FFN held as `.mlp`."""
@@ -194,8 +196,13 @@ class SproutForCausalLM(nn.Module):
         mask = build_attention_mask(T, past, x.device, doc_ids, attention_mask)
         pad_mask = attention_mask[:, -T:] if attention_mask is not None else None
         routing: dict[int, RoutingStats] = {}
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.model.layers):
-            x, stats = layer(x, cos, sin, mask, cache, pad_mask)
+            if recompute:  # keep only each layer's input; its activations are recomputed during backward
+                x, stats = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, pad_mask,
+                                                             use_reentrant=False)
+            else:
+                x, stats = layer(x, cos, sin, mask, cache, pad_mask)
             if stats is not None:
                 routing[i] = stats
         if cache is not None:

@@ -395,7 +395,8 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
 
     sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
     optimizer = build_optimizer(
-        model, cfg.lr, cfg.weight_decay, cfg.betas, device, objective.trainable_parameters(model)
+        model, cfg.lr, cfg.weight_decay, cfg.betas, device, objective.trainable_parameters(model),
+        cfg.optimizer, cfg.muon_lr,
     )
     scaler = precision.make_scaler()
     budget = Budget.from_config(cfg)
@@ -484,6 +485,8 @@ def _build_model(
     tokenizer = objective.load_tokenizer()
     model = objective.build_model(tokenizer).to(device)
     model.train()
+    if cfg.grad_checkpoint:
+        model.gradient_checkpointing = True  # read by the model's trunk while training
     objective.setup(model, device)
     return objective, tokenizer, model
 
@@ -618,7 +621,7 @@ def set_lr(run: Run, st: RunState) -> None:
     )
     st.lr = cfg.lr * run.schedule.factor(progress, st.step)
     for g in run.optimizer.param_groups:
-        g["lr"] = st.lr
+        g["lr"] = st.lr * g.get("lr_ratio", 1.0)  # Muon's matrices run at muon_lr / lr times the schedule
 
 
 # ---- one optimizer step ---------------------------------------------------------------------------------------

@@ -54,16 +54,43 @@ def build_optimizer(
     betas: tuple[float, float],
     device: torch.device,
     trainable: Iterable[tuple[str, nn.Parameter]] | None = None,
-) -> torch.optim.AdamW:
+    kind: str = "adamw",
+    muon_lr: float = 0.02,
+) -> torch.optim.Optimizer:
+    """AdamW (fused where torch has the kernel), or Muon on the hidden matrices with AdamW on the rest.
+    Every group carries `lr_ratio`: the engine sets each group's lr to schedule lr x lr_ratio."""
     groups = [g for g in param_groups(model, weight_decay, trainable) if g["params"]]
     if not groups:
         raise SystemExit("no trainable parameters: the objective froze the whole model")
+    if kind == "muon":
+        from .muon import MuonAdamW
+
+        return MuonAdamW(_muon_groups(groups, lr, muon_lr), lr=lr, betas=betas, weight_decay=weight_decay)
+    if kind != "adamw":
+        raise SystemExit(f"optimizer must be adamw or muon; got {kind!r}")
+    for g in groups:
+        g["lr_ratio"] = 1.0
     # The fused kernel updates all tensors in one launch; it exists for CUDA and CPU in recent torch.
     fused = device.type in ("cuda", "cpu")
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=True)
+
+
+def _muon_groups(groups: list[dict], lr: float, muon_lr: float) -> list[dict]:
+    """The decay group (hidden nn.Linear matrices) splits into Muon (2-D, not the LM head) and AdamW parts."""
+    out = []
+    for g in groups:
+        is_muon = [p.ndim == 2 and g["weight_decay"] > 0 and not n.startswith("lm_head")
+                   for n, p in zip(g["param_names"], g["params"])]
+        for flag in (True, False):
+            params = [p for p, m in zip(g["params"], is_muon) if m == flag]
+            names = [n for n, m in zip(g["param_names"], is_muon) if m == flag]
+            if params:
+                out.append({**g, "params": params, "param_names": names, "muon": flag,
+                            "lr_ratio": (muon_lr / lr if lr > 0 else 0.0) if flag else 1.0})
+    return out
 
 
 @dataclass(frozen=True)

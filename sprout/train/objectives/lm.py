@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...models.dense import CausalLMOutput, collect_routing
+from ..chunked_ce import linear_cross_entropy, supports_chunked_ce
 from . import register
 from .base import Objective
 
@@ -33,13 +35,25 @@ class CausalLMObjective(Objective):
     data_kind = ""  # record kind for sprout.data readers and built-in data
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        out = model(batch["input_ids"], **model_inputs(batch))
         labels = batch["labels"]
-        # fp32 softmax: in bf16 the log-probabilities of a 6k+ vocabulary lose too much precision.
-        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        if self.cfg.ce_chunk > 0 and supports_chunked_ce(model):
+            out, ce = self._chunked_loss(model, batch)
+        else:
+            out = model(batch["input_ids"], **model_inputs(batch))
+            # fp32 softmax: in bf16 the log-probabilities of a 6k+ vocabulary lose too much precision.
+            ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         extra, metrics = self.model_losses(out, labels, batch.get("doc_ids"))
         metrics["ce"] = ce.detach()
         return (ce if extra is None else ce + extra), metrics
+
+    def _chunked_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[CausalLMOutput, torch.Tensor]:
+        """The same CE as above with the head applied `ce_chunk` positions at a time (sprout/train/chunked_ce.py):
+        the full [B, T, V] logits never exist. The output carries the routing results, not logits."""
+        h, routing = model.trunk(batch["input_ids"], **model_inputs(batch))
+        x = model.model.norm(h)
+        ce = linear_cross_entropy(x, model.lm_head.weight, batch["labels"], self.cfg.ce_chunk)
+        aux, load = collect_routing(routing)
+        return CausalLMOutput(logits=x.new_empty(0), aux_losses=aux, expert_load=load), ce
 
     def data_source(self) -> str:
         """cfg.data, or the built-in corpus for this stage."""
