@@ -5,7 +5,7 @@
         set_lr                                   # schedule(progress once this step is done)
         optimizer_step:
             accumulate_gradients                 # grad_accum x (objective.loss(model, batch) / grad_accum).backward()
-            agree_across_ranks                   # one all-reduce: tokens, non-finite loss, clock, Ctrl-C
+            agree_across_ranks                   # one all-reduce: tokens, loss, non-finite loss, clock, Ctrl-C
             clip_gradients; guard.accept         # non-finite loss or gradient norm: skip, count (guards.py)
             step_optimizer + objective.on_optimizer_step(model)
         log_step; checkpoint, evaluate_and_log   # on their intervals; saved first, so an eval crash loses nothing
@@ -90,6 +90,21 @@ class ResumableSampler:
 
     def epochs_done(self, cursor: tuple[int, int]) -> float:
         return cursor[0] + cursor[1] / self.batches_per_epoch
+
+    def map_cursor(self, cursor: tuple[int, int], saved_global_batch: int) -> tuple[tuple[int, int], bool]:
+        """A cursor saved by a run with another global batch (batch_size x processes) -> this run's cursor, and
+        whether it is exact. Batch b of every rank together covers permutation entries [b*G, (b+1)*G) with
+        G = batch_size x world, so the same G on another number of processes continues at the same example; a
+        different G continues at the first whole batch not yet (fully) seen."""
+        epoch, batch = cursor
+        global_batch = self.batch_size * self.world
+        if saved_global_batch == global_batch:
+            return cursor, True
+        seen = batch * saved_global_batch
+        batch = -(-seen // global_batch)  # round up: never repeat an example of this epoch
+        if batch >= self.batches_per_epoch:
+            return (epoch + 1, 0), False
+        return (epoch, batch), seen % global_batch == 0
 
     def iter_from(self, cursor: tuple[int, int]) -> Iterator[list[int]]:
         while True:
@@ -276,6 +291,7 @@ class RunState:
     step: int = 0
     tokens: int = 0
     cursor: tuple[int, int] = (0, 0)  # (epoch, batch) of the next batch, see ResumableSampler
+    saved_global_batch: int | None = None  # batch_size x world of the checkpoint resumed from
     elapsed_before: float = 0.0  # seconds trained by earlier runs of a resumed training
     t_start: float = 0.0  # perf_counter() when this run's loop began
     lr: float = 0.0
@@ -408,6 +424,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     saved_rng = None
     if resume_from is not None:
         saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective)
+        _map_cursor_onto_world(st, sampler, st.saved_global_batch, dinfo)
 
     if cfg.compile and device.type == "cuda":
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
@@ -562,12 +579,25 @@ def _restore(
     saved = load_checkpoint(path, model, optimizer)
     st.step, st.tokens, st.elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
     st.cursor = (int(saved["cursor"][0]), int(saved["cursor"][1]))
+    if "world" in saved:
+        st.saved_global_batch = int(saved["batch_size"]) * int(saved["world"])
     st.agreed_elapsed = st.elapsed_before
     st.last_save_step = st.step  # this step is on disk already
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     objective.load_state_dict(saved.get("objective", {}))
     return saved["rng"]
+
+
+def _map_cursor_onto_world(st: RunState, sampler: ResumableSampler, saved_global: int | None, dinfo: DistInfo
+                           ) -> None:
+    """Resume onto another number of processes (or batch size): re-express the data cursor (docs/training.md)."""
+    if saved_global is None:  # a checkpoint from before world sizes were recorded: assume the same
+        return
+    st.cursor, exact = sampler.map_cursor(st.cursor, saved_global)
+    if not exact and dinfo.main:
+        print(f"resuming with a global batch of {sampler.batch_size * sampler.world} instead of {saved_global}: "
+              f"the data order continues at the next whole batch, epoch {st.cursor[0]} batch {st.cursor[1]}")
 
 
 def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device) -> nn.Module:
@@ -630,7 +660,7 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     or gradient norm is not finite (None; guards.py) or step the optimizer and tell the objective
     (`on_optimizer_step`)."""
     loss_sum, step_tokens, metrics = accumulate_gradients(run, st)
-    nonfinite, tokens = agree_across_ranks(run, st, loss_sum, step_tokens, stop)
+    nonfinite, tokens, loss = agree_across_ranks(run, st, loss_sum, step_tokens, stop)
     st.tokens += tokens
     grad_norm = None if nonfinite else clip_gradients(run)
     # fp16's scaler skips inf gradients itself (and lowers its scale); elsewhere the guard does. Gradients
@@ -645,7 +675,7 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     step_optimizer(run)
     run.objective.on_optimizer_step(run.model)
     st.step += 1
-    return StepResult(loss_sum.item() / run.cfg.grad_accum, grad_norm, metrics, tokens)
+    return StepResult(loss / run.cfg.grad_accum, grad_norm, metrics, tokens)
 
 
 def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dict[str, Any]]:
@@ -678,17 +708,19 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
 
 def agree_across_ranks(
     run: Run, st: RunState, loss_sum: torch.Tensor, step_tokens: int, stop: _StopFlag
-) -> tuple[bool, int]:
-    """One collective per step keeps every rank agreeing on tokens, NaN skips, time and Ctrl-C.
-    Returns (some rank's loss was non-finite, tokens of all ranks)."""
-    nonfinite = float(not torch.isfinite(loss_sum).item())
-    shared = [float(step_tokens), nonfinite, st.elapsed() if run.dinfo.main else 0.0, float(stop.requested)]
+) -> tuple[bool, int, float]:
+    """One collective per step keeps every rank agreeing on tokens, NaN skips, time and Ctrl-C, and makes the
+    logged loss the mean over ranks (what one process with the same global batch would log).
+    Returns (some rank's loss was non-finite, tokens of all ranks, summed micro-batch loss averaged over ranks)."""
+    loss = float(loss_sum.item())
+    nonfinite = float(not math.isfinite(loss))
+    shared = [float(step_tokens), nonfinite, st.elapsed() if run.dinfo.main else 0.0, float(stop.requested), loss]
     if run.dinfo.enabled:
         t = torch.tensor(shared, dtype=torch.float64, device=run.device)
         dist.all_reduce(t)
         shared = t.tolist()
         st.agreed_elapsed, st.stop_agreed = shared[2], shared[3] > 0
-    return shared[1] > 0, int(shared[0])
+    return shared[1] > 0, int(shared[0]), shared[4] / run.dinfo.world
 
 
 def clip_gradients(run: Run) -> torch.Tensor:
@@ -764,6 +796,8 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
             "tokens": st.tokens,
             "elapsed_s": st.elapsed(),
             "cursor": list(st.cursor),
+            "world": run.dinfo.world,  # the cursor counts batches of batch_size x world examples
+            "batch_size": run.cfg.batch_size,
             "lr": st.lr,
             "scaler": run.scaler.state_dict() if run.scaler is not None else {},
             "objective": run.objective.state_dict(),

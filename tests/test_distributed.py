@@ -1,0 +1,64 @@
+"""Data parallelism against one process: 2 gloo CPU processes with the same global batch (batch_size x processes
+x grad_accum) take the same steps as one process, and a run moves 2 -> 1 -> 2 processes through --resume.
+
+"Same" is up to floating-point summation order: the all-reduce averages two half-batch gradients where one
+process averages the whole batch at once, so weights agree to ~1e-6, not bit for bit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+GLOBAL = 8  # examples per micro-batch over all processes (grad_accum=2 on top)
+
+
+def _launch(out: Path, nproc: int, **options) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    options = {"batch_size": GLOBAL // nproc, "max_steps": 12, "log_every": 1, **options}
+    r = subprocess.run([*launcher, str(HERE / "ddp_probe.py"), str(out), json.dumps(options)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def _records(out: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    for key in ("loss", "val_loss"):
+        ra, rb = _records(a, key), _records(b, key)
+        assert ra.keys() == rb.keys() and ra
+        for step in ra:
+            assert abs(ra[step] - rb[step]) < 1e-5 * max(1.0, abs(ra[step])), (key, step, ra[step], rb[step])
+
+
+def test_ddp_gives_the_losses_and_weights_of_one_process(tmp_path: Path) -> None:
+    _launch(tmp_path / "one", 1)
+    _launch(tmp_path / "ddp", 2)
+    _assert_same_run(tmp_path / "one", tmp_path / "ddp")
+
+
+def test_resume_moves_from_two_processes_to_one_and_back(tmp_path: Path) -> None:
+    _launch(tmp_path / "ref", 1)
+    run = tmp_path / "moved"
+    _launch(run, 2, stop_at=3, save_every=100)  # Ctrl-C: stops (and checkpoints) at the step all ranks agree on
+    first = max(_records(run, "loss"))
+    _launch(run, 1, stop_at=first + 3, save_every=100, resume=True)
+    second = max(_records(run, "loss"))
+    assert first < second < 12
+    _launch(run, 2, resume=True)
+    _assert_same_run(tmp_path / "ref", run)
