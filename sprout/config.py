@@ -65,6 +65,7 @@ class TrainConfig:
     ce_chunk: int = 0  # >0: LM head + cross-entropy this many positions at a time (no full logits); 0 = plain
     grad_checkpoint: bool = False  # recompute each decoder layer in backward instead of keeping its activations
     num_threads: int | None = None
+    distributed: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2, sharded; docs/training.md)
     seed: int = 42
     resume: bool = False
     # data handling

@@ -19,6 +19,7 @@ from conftest import ctrl_c_at  # noqa: E402
 from test_engine import SyntheticObjective, make_cfg  # noqa: E402
 
 from sprout.train import register, train  # noqa: E402
+from sprout.train.sharding import full_tensor  # noqa: E402
 
 
 @register
@@ -26,7 +27,7 @@ class ProbeObjective(SyntheticObjective):
     name = "ddp-probe-test"
 
     def on_optimizer_step(self, model) -> None:
-        total = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+        total = sum(float(full_tensor(p.detach()).double().abs().sum()) for p in model.parameters())
         with open(Path(self.cfg.out) / f"rank{os.environ.get('RANK', '0')}.jsonl", "a") as f:
             f.write(json.dumps({"checksum": total}) + "\n")
 

@@ -62,3 +62,16 @@ def test_resume_moves_from_two_processes_to_one_and_back(tmp_path: Path) -> None
     assert first < second < 12
     _launch(run, 2, resume=True)
     _assert_same_run(tmp_path / "ref", run)
+
+
+def test_fsdp2_gives_the_losses_and_weights_of_one_process_and_resumes(tmp_path: Path) -> None:
+    _launch(tmp_path / "one", 1)
+    run = tmp_path / "fsdp"
+    _launch(run, 2, distributed="fsdp", stop_at=5, save_every=100)  # sharded checkpoint written on Ctrl-C
+    assert max(_records(run, "loss")) < 12
+    # the sharded path wrote it: optimizer state gathered and keyed by parameter name (DDP's is keyed by index)
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
+    assert "model.layers.0.mlp.down_proj.weight" in state and "exp_avg_sq" in state["model.layers.0.mlp.down_proj.weight"]
+    _launch(run, 2, distributed="fsdp", resume=True)
+    _assert_same_run(tmp_path / "one", run)

@@ -53,6 +53,7 @@ from .guards import StepGuard, fit_batch_size, oom_advice
 from .logging import MetricsLog, ProgressDisplay, check_trackers, format_duration
 from .objectives import Objective, build_objective, move_batch
 from .optim import build_optimizer, make_schedule
+from .sharding import FSDPSharding, full_tensor
 
 
 # ---- data order ---------------------------------------------------------------------------------
@@ -334,6 +335,7 @@ class Run:
     log: MetricsLog | None
     display: ProgressDisplay
     guard: StepGuard  # skips and counts non-finite steps, stops the run when they keep coming
+    sharding: FSDPSharding | None = None  # distributed=fsdp under torchrun
 
     @property
     def ckpt_root(self) -> Path:
@@ -408,6 +410,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     train_ds, val_ds = _datasets(objective, tokenizer, dinfo)
     if cfg.auto_batch_size:
         cfg = _auto_batch_size(cfg, model, objective, train_ds, precision, device, resume_from)
+    sharding = _shard(cfg, dinfo, model)  # before the optimizer: FSDP2 replaces the parameters by shards
 
     sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
     optimizer = build_optimizer(
@@ -423,13 +426,13 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     st = RunState()
     saved_rng = None
     if resume_from is not None:
-        saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective)
+        saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective, sharding)
         _map_cursor_onto_world(st, sampler, st.saved_global_batch, dinfo)
 
     if cfg.compile and device.type == "cuda":
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
         model.forward = torch.compile(model.forward)
-    loss_module = _loss_module(model, objective, dinfo, device)
+    loss_module = _loss_module(model, objective, dinfo, device, sharding)
     batches = _batches(cfg, train_ds, sampler, st.cursor, objective, device)
     if saved_rng is not None:
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
@@ -459,6 +462,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         log=_metrics_log(cfg, out, dinfo, st.step if resume_from is not None else None),
         display=ProgressDisplay(dinfo.main, cfg.log_every),
         guard=StepGuard(cfg.max_bad_steps, out / "checkpoints"),
+        sharding=sharding,
     )
     return run, st
 
@@ -572,11 +576,12 @@ def _estimate_total_steps(budget: Budget, step_tokens: int, batches_per_epoch: i
 
 
 def _restore(
-    path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, objective: Objective
+    path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, objective: Objective,
+    sharding: FSDPSharding | None = None,
 ) -> dict[str, Any]:
     """Load weights, optimizer, scaler and objective state into place and the counters into `st`; return the
     saved RNG streams (applied last by `setup`)."""
-    saved = load_checkpoint(path, model, optimizer)
+    saved = sharding.load(path, model, optimizer) if sharding is not None else load_checkpoint(path, model, optimizer)
     st.step, st.tokens, st.elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
     st.cursor = (int(saved["cursor"][0]), int(saved["cursor"][1]))
     if "world" in saved:
@@ -600,9 +605,26 @@ def _map_cursor_onto_world(st: RunState, sampler: ResumableSampler, saved_global
               f"the data order continues at the next whole batch, epoch {st.cursor[0]} batch {st.cursor[1]}")
 
 
-def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device) -> nn.Module:
+def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding | None:
+    """distributed=fsdp under torchrun: shard the model with FSDP2 (sprout/train/sharding.py); ddp: None."""
+    if cfg.distributed not in ("ddp", "fsdp"):
+        raise SystemExit(f"distributed must be ddp or fsdp; got {cfg.distributed!r}")
+    if cfg.distributed == "ddp" or not dinfo.enabled:
+        return None
+    if cfg.ce_chunk:
+        raise SystemExit("ce_chunk reads the LM head outside the model's forward, which FSDP does not see; "
+                         "use ce_chunk=0 with distributed=fsdp")
+    if cfg.optimizer == "muon":
+        raise SystemExit("Muon orthogonalises whole matrices; with distributed=fsdp they are sharded. Use ddp.")
+    from .sharding import FSDPSharding
+
+    return FSDPSharding(model, dinfo.main)
+
+
+def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device,
+                 sharding: FSDPSharding | None = None) -> nn.Module:
     module: nn.Module = _ObjectiveModule(model, objective)
-    if dinfo.enabled:
+    if dinfo.enabled and sharding is None:
         module = nn.parallel.DistributedDataParallel(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -690,10 +712,7 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
         step_tokens += run.objective.count_tokens(batch)
         batch = move_batch(batch, run.device)
         last_micro = k == cfg.grad_accum - 1
-        # DDP all-reduces gradients on every backward unless told not to: only the last micro-step syncs.
-        ddp = cast(nn.parallel.DistributedDataParallel, run.loss_module)
-        sync = ddp.no_sync() if run.dinfo.enabled and not last_micro else contextlib.nullcontext()
-        with sync:
+        with _gradient_sync(run, last_micro):
             with run.precision.autocast():
                 loss, metrics = run.loss_module(batch)
             scaled = loss / cfg.grad_accum
@@ -704,6 +723,19 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
                 v.detach().float() if isinstance(v, torch.Tensor) else float(v)
             )
     return loss_sum, step_tokens, step_metrics
+
+
+def _gradient_sync(run: Run, last_micro: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces (FSDP reduce-scatters) gradients on every backward unless told not to: only the last
+    micro-step of grad_accum syncs."""
+    if not run.dinfo.enabled or last_micro:
+        if run.sharding is not None:
+            run.sharding.set_gradient_sync(run.model, True)
+        return contextlib.nullcontext()
+    if run.sharding is not None:
+        run.sharding.set_gradient_sync(run.model, False)
+        return contextlib.nullcontext()
+    return cast(nn.parallel.DistributedDataParallel, run.loss_module).no_sync()
 
 
 def agree_across_ranks(
@@ -728,7 +760,7 @@ def clip_gradients(run: Run) -> torch.Tensor:
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
     max_norm = run.cfg.grad_clip if run.cfg.grad_clip and run.cfg.grad_clip > 0 else math.inf
-    return torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+    return full_tensor(torch.nn.utils.clip_grad_norm_(run.params, max_norm))  # FSDP: a DTensor
 
 
 def step_optimizer(run: Run) -> None:
@@ -779,8 +811,9 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
 
 
 def evaluate_and_log(run: Run, st: RunState) -> None:
-    """Validation loss on rank 0 (the other ranks only note that this step was evaluated)."""
-    if run.dinfo.main and run.val_ds is not None:
+    """Validation loss on rank 0 (the other ranks only note that this step was evaluated; under FSDP every rank
+    runs the forward passes, which need all shards)."""
+    if (run.dinfo.main or run.sharding is not None) and run.val_ds is not None:
         result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)
         _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
         mark_best(run.ckpt_root, st.step, result["val_loss"])  # when this step has a checkpoint
@@ -790,6 +823,7 @@ def evaluate_and_log(run: Run, st: RunState) -> None:
 def checkpoint(run: Run, st: RunState) -> Path | None:
     """Rank 0 writes everything `setup` needs to continue exactly; all ranks wait for it."""
     path = None
+    model, optimizer = _whole(run)
     if run.dinfo.main:
         state = {
             "step": st.step,
@@ -804,11 +838,19 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
             "rng": rng_state(),
             "config": json.loads(json.dumps(dataclasses.asdict(run.cfg))),
         }
-        path = save_checkpoint(run.ckpt_root, st.step, run.model, run.optimizer, state, keep=run.cfg.keep_checkpoints)
+        path = save_checkpoint(run.ckpt_root, st.step, model, optimizer, state, keep=run.cfg.keep_checkpoints)
     if run.dinfo.enabled:
         dist.barrier()
     st.last_save_step = st.step
     return path
+
+
+def _whole(run: Run) -> tuple[Any, Any]:
+    """The model and optimizer as rank 0 saves them: themselves, or under FSDP the gathered full state (a
+    collective every rank joins)."""
+    if run.sharding is None:
+        return run.model, run.optimizer
+    return run.sharding.gathered(run.model, run.optimizer)
 
 
 def interrupted(run: Run, st: RunState) -> Path:
@@ -825,10 +867,11 @@ def finish(run: Run, st: RunState) -> Path:
     """Budget reached: last checkpoint and evaluation (if not just done), then the objective saves the model."""
     if st.last_save_step != st.step:
         checkpoint(run, st)
-    if run.val_ds is not None and run.dinfo.main and st.last_eval_step != st.step:
+    if run.val_ds is not None and (run.dinfo.main or run.sharding is not None) and st.last_eval_step != st.step:
         evaluate_and_log(run, st)
+    model, _ = _whole(run) if run.sharding is not None else (run.model, None)
     if run.dinfo.main:
-        run.objective.save(run.model, run.tokenizer, run.out)
+        run.objective.save(model, run.tokenizer, run.out)
         run.display.print(
             f"done: {st.step} steps, {st.tokens:,} tokens in {format_duration(st.elapsed())}; model saved to {run.out}"
         )
