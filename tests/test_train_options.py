@@ -90,3 +90,19 @@ def test_muon_trains_the_synthetic_task(tmp_path: Path) -> None:
     train(make_cfg(tmp_path / "a", **cfg))
     losses = _val_losses(tmp_path / "a")
     assert losses[-1] < 0.5 * losses[0]  # the period-7 sequence is being learnt
+
+
+def test_the_data_cursor_maps_onto_another_global_batch() -> None:
+    from sprout.train.engine import ResumableSampler
+
+    two = ResumableSampler(48, 4, seed=1, rank=0, world=2)  # global batch 8
+    one = ResumableSampler(48, 8, seed=1)
+    assert one.map_cursor((2, 3), saved_global_batch=8) == ((2, 3), True)
+    # batches 0-2 of 8 = examples 0..23: with a global batch of 12 that is 2 whole batches
+    assert ResumableSampler(48, 12, seed=1).map_cursor((0, 3), 8) == ((0, 2), True)
+    # 3 batches of 8 = 24 examples; batches of 16 continue at the next whole batch (not repeating 16..23)
+    assert ResumableSampler(48, 16, seed=1).map_cursor((0, 3), 8) == ((0, 2), False)
+    assert ResumableSampler(48, 16, seed=1).map_cursor((0, 5), 8) == ((1, 0), False)
+    # same global batch: rank 0 and rank 1 of two processes together hold one process's batch
+    both = sorted(two.batch_indices(0, 1) + ResumableSampler(48, 4, seed=1, rank=1, world=2).batch_indices(0, 1))
+    assert both == sorted(one.batch_indices(0, 1))
