@@ -72,6 +72,7 @@ def test_fsdp2_gives_the_losses_and_weights_of_one_process_and_resumes(tmp_path:
     # the sharded path wrote it: optimizer state gathered and keyed by parameter name (DDP's is keyed by index)
     ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
-    assert "model.layers.0.mlp.down_proj.weight" in state and "exp_avg_sq" in state["model.layers.0.mlp.down_proj.weight"]
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert name in state and "exp_avg_sq" in state[name]
     _launch(run, 2, distributed="fsdp", resume=True)
     _assert_same_run(tmp_path / "one", run)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_engine import make_cfg
 
 from sprout.config import TrainConfig

@@ -507,7 +507,7 @@ def _build_model(
     model = objective.build_model(tokenizer).to(device)
     model.train()
     if cfg.grad_checkpoint:
-        model.gradient_checkpointing = True  # read by the model's trunk while training
+        cast(Any, model).gradient_checkpointing = True  # read by the model's trunk while training
     objective.setup(model, device)
     return objective, tokenizer, model
 

@@ -16,7 +16,8 @@ Muon rule; the rest the AdamW rule (decoupled weight decay, bias-corrected momen
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -51,7 +52,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise ValueError("Muon groups hold 2-D matrices only")
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         for g in self.param_groups:
             for p in g["params"]:
@@ -62,10 +63,11 @@ class MuonAdamW(torch.optim.Optimizer):
         return loss
 
     def _muon(self, p: torch.Tensor, g: dict) -> None:
+        grad = cast(torch.Tensor, p.grad)  # step() skips parameters without one
         state = self.state[p]
         buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
-        buf.mul_(g["momentum"]).add_(p.grad)
-        update = p.grad.add(buf, alpha=g["momentum"])  # Nesterov: look one momentum step ahead
+        buf.mul_(g["momentum"]).add_(grad)
+        update = grad.add(buf, alpha=g["momentum"])  # Nesterov: look one momentum step ahead
         scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
         p.add_(orthogonalize(update, g["ns_steps"]), alpha=-g["lr"] * scale)
 

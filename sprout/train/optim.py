@@ -10,8 +10,8 @@ Weight decay pulls weights toward zero. That is a useful prior on the big projec
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn

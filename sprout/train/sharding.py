@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -49,18 +49,18 @@ class FSDPSharding:
     def __init__(self, model: nn.Module, main: bool):
         # Rank 0 keeps an unsharded CPU copy to gather into for saving (the model is small next to a GPU).
         self.full_copy = copy.deepcopy(model).cpu() if main else None
-        for layer in model.model.layers:
+        for layer in cast(Any, model).model.layers:
             fully_shard(layer)
         fully_shard(model)
 
     @staticmethod
     def set_gradient_sync(model: nn.Module, sync: bool) -> None:
         """Off for all but the last micro-batch of grad_accum: gradients accumulate unsharded locally."""
-        model.set_requires_gradient_sync(sync)
+        cast(Any, model).set_requires_gradient_sync(sync)  # fully_shard added the method
 
     def gathered(self, model: nn.Module, optimizer: torch.optim.Optimizer
                  ) -> tuple[nn.Module | None, _SavedOptimizer | None]:
-        """Collective: the whole model (as an unsharded module) and optimizer state on rank 0, (None, None) elsewhere."""
+        """Collective: the whole model (an unsharded module) and optimizer state on rank 0; (None, None) elsewhere."""
         msd = get_model_state_dict(model, options=_GATHER)
         osd = get_optimizer_state_dict(model, optimizer, options=_GATHER)
         if self.full_copy is None:
@@ -85,7 +85,7 @@ class FSDPSharding:
                 raise SystemExit(f"checkpoint {path} does not fit this model: {names[0]} is missing")
             for n in names:
                 weights.setdefault(n, weights[present])
-        set_model_state_dict(model, weights, options=_LOAD)
+        set_model_state_dict(model, cast(dict[str, Any], weights), options=_LOAD)
         osd = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         if "param_groups" in osd and osd["state"] and isinstance(next(iter(osd["state"])), int):
             raise SystemExit(f"checkpoint {path} was written without distributed=fsdp; resume it the same way")

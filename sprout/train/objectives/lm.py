@@ -8,14 +8,14 @@ with `doc_ids` so attention never crosses from one conversation into another.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...models.dense import CausalLMOutput, collect_routing
+from ...models.dense import CausalLMOutput, SproutForCausalLM, collect_routing
 from ..chunked_ce import linear_cross_entropy, supports_chunked_ce
 from . import register
 from .base import Objective
@@ -49,9 +49,10 @@ class CausalLMObjective(Objective):
     def _chunked_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[CausalLMOutput, torch.Tensor]:
         """The same CE as above with the head applied `ce_chunk` positions at a time (sprout/train/chunked_ce.py):
         the full [B, T, V] logits never exist. The output carries the routing results, not logits."""
-        h, routing = model.trunk(batch["input_ids"], **model_inputs(batch))
-        x = model.model.norm(h)
-        ce = linear_cross_entropy(x, model.lm_head.weight, batch["labels"], self.cfg.ce_chunk)
+        lm = cast(SproutForCausalLM, model)  # supports_chunked_ce checked it
+        h, routing = lm.trunk(batch["input_ids"], **model_inputs(batch))
+        x = lm.model.norm(h)
+        ce = linear_cross_entropy(x, lm.lm_head.weight, batch["labels"], self.cfg.ce_chunk)
         aux, load = collect_routing(routing)
         return CausalLMOutput(logits=x.new_empty(0), aux_losses=aux, expert_load=load), ce
 
