@@ -816,7 +816,8 @@ def evaluate_and_log(run: Run, st: RunState) -> None:
     if (run.dinfo.main or run.sharding is not None) and run.val_ds is not None:
         result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)
         _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
-        mark_best(run.ckpt_root, st.step, result["val_loss"])  # when this step has a checkpoint
+        if run.dinfo.main:  # only rank 0 writes files
+            mark_best(run.ckpt_root, st.step, result["val_loss"])  # when this step has a checkpoint
     st.last_eval_step = st.step
 
 
