@@ -6,6 +6,7 @@ Variant keys: ce_chunk, dtype (bf16 | fp32), grad_checkpoint, compile. Round 0 w
 timed step prints a JSON line, and the last lines are the medians. Interleaving makes the ratios fair on a
 shared machine (every variant sees the same background load), not the absolute numbers.
 """
+
 import json
 import statistics
 import sys

@@ -1,4 +1,5 @@
 """The chunked head + cross-entropy gives the plain F.cross_entropy(lm_head(x)) loss and gradients."""
+
 from __future__ import annotations
 
 import pytest

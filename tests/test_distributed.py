@@ -3,6 +3,7 @@ x grad_accum) take the same steps as one process, and a run moves 2 -> 1 -> 2 pr
 
 "Same" is up to floating-point summation order: the all-reduce averages two half-batch gradients where one
 process averages the whole batch at once, so weights agree to ~1e-6, not bit for bit."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ def _launch(out: Path, nproc: int, **options) -> None:
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     options = {"batch_size": GLOBAL // nproc, "max_steps": 12, "log_every": 1, **options}
-    r = subprocess.run([*launcher, str(HERE / "ddp_probe.py"), str(out), json.dumps(options)],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*launcher, str(HERE / "ddp_probe.py"), str(out), json.dumps(options)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 

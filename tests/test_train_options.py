@@ -1,5 +1,6 @@
 """Training options for speed per position: chunked head+CE in the objective, Muon, activation checkpointing,
 fused AdamW on CPU. Each is checked against the plain path (same numbers) or for training (the loss falls)."""
+
 from __future__ import annotations
 
 import json

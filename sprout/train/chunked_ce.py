@@ -11,6 +11,7 @@ in the forward pass and keeps only dL/dx and dL/dW (the size of x and W), so at 
 any time. Backward then only scales the stored gradients by the incoming gradient / the number of labels.
 Labels equal to -100 are ignored, as in F.cross_entropy. With no label at all the loss is 0 (plain CE: NaN).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,8 +59,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 1024
-                         ) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     """Mean CE of `hidden @ weight.T` against `labels` (-100 = ignored), `chunk` positions at a time.
 
     hidden [..., H], weight [V, H] (the LM head), labels [...]. Under autocast the matmuls run in the autocast

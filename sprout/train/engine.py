@@ -414,8 +414,14 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
 
     sampler = ResumableSampler(_len(train_ds), cfg.batch_size, cfg.seed, dinfo.rank, dinfo.world)
     optimizer = build_optimizer(
-        model, cfg.lr, cfg.weight_decay, cfg.betas, device, objective.trainable_parameters(model),
-        cfg.optimizer, cfg.muon_lr,
+        model,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.betas,
+        device,
+        objective.trainable_parameters(model),
+        cfg.optimizer,
+        cfg.muon_lr,
     )
     scaler = precision.make_scaler()
     budget = Budget.from_config(cfg)
@@ -576,7 +582,12 @@ def _estimate_total_steps(budget: Budget, step_tokens: int, batches_per_epoch: i
 
 
 def _restore(
-    path: Path, st: RunState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, objective: Objective,
+    path: Path,
+    st: RunState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    objective: Objective,
     sharding: FSDPSharding | None = None,
 ) -> dict[str, Any]:
     """Load weights, optimizer, scaler and objective state into place and the counters into `st`; return the
@@ -594,15 +605,16 @@ def _restore(
     return saved["rng"]
 
 
-def _map_cursor_onto_world(st: RunState, sampler: ResumableSampler, saved_global: int | None, dinfo: DistInfo
-                           ) -> None:
+def _map_cursor_onto_world(st: RunState, sampler: ResumableSampler, saved_global: int | None, dinfo: DistInfo) -> None:
     """Resume onto another number of processes (or batch size): re-express the data cursor (docs/training.md)."""
     if saved_global is None:  # a checkpoint from before world sizes were recorded: assume the same
         return
     st.cursor, exact = sampler.map_cursor(st.cursor, saved_global)
     if not exact and dinfo.main:
-        print(f"resuming with a global batch of {sampler.batch_size * sampler.world} instead of {saved_global}: "
-              f"the data order continues at the next whole batch, epoch {st.cursor[0]} batch {st.cursor[1]}")
+        print(
+            f"resuming with a global batch of {sampler.batch_size * sampler.world} instead of {saved_global}: "
+            f"the data order continues at the next whole batch, epoch {st.cursor[0]} batch {st.cursor[1]}"
+        )
 
 
 def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding | None:
@@ -612,8 +624,10 @@ def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding 
     if cfg.distributed == "ddp" or not dinfo.enabled:
         return None
     if cfg.ce_chunk:
-        raise SystemExit("ce_chunk reads the LM head outside the model's forward, which FSDP does not see; "
-                         "use ce_chunk=0 with distributed=fsdp")
+        raise SystemExit(
+            "ce_chunk reads the LM head outside the model's forward, which FSDP does not see; "
+            "use ce_chunk=0 with distributed=fsdp"
+        )
     if cfg.optimizer == "muon":
         raise SystemExit("Muon orthogonalises whole matrices; with distributed=fsdp they are sharded. Use ddp.")
     from .sharding import FSDPSharding
@@ -621,8 +635,9 @@ def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding 
     return FSDPSharding(model, dinfo.main)
 
 
-def _loss_module(model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device,
-                 sharding: FSDPSharding | None = None) -> nn.Module:
+def _loss_module(
+    model: nn.Module, objective: Objective, dinfo: DistInfo, device: torch.device, sharding: FSDPSharding | None = None
+) -> nn.Module:
     module: nn.Module = _ObjectiveModule(model, objective)
     if dinfo.enabled and sharding is None:
         module = nn.parallel.DistributedDataParallel(

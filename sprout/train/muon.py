@@ -13,6 +13,7 @@ Embeddings, norms, biases and the LM head are not "hidden matrices" (their rows 
 token at a time) and keep AdamW, as in the papers that introduced Muon. Groups marked `muon=True` take the
 Muon rule; the rest the AdamW rule (decoupled weight decay, bias-corrected moments).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,10 +43,25 @@ def orthogonalize(m: torch.Tensor, steps: int = 5) -> torch.Tensor:
 class MuonAdamW(torch.optim.Optimizer):
     """One optimizer (one state dict, one lr schedule, one GradScaler target) for both update rules."""
 
-    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float], weight_decay: float,
-                 momentum: float = 0.95, ns_steps: int = 5, eps: float = 1e-8):
-        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, momentum=momentum,
-                        ns_steps=ns_steps, eps=eps, muon=False)
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        eps: float = 1e-8,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            momentum=momentum,
+            ns_steps=ns_steps,
+            eps=eps,
+            muon=False,
+        )
         super().__init__(groups, defaults)
         for g in self.param_groups:
             if g["muon"] and any(p.ndim != 2 for p in g["params"]):

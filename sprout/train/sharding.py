@@ -11,6 +11,7 @@ full state into an unsharded copy of the model, which is also what gets saved as
 optimizer state is the full state keyed by parameter name (torch.distributed.checkpoint's "full state dict"),
 so an FSDP run resumes onto any number of FSDP processes, but not onto DDP or one process.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,8 +59,9 @@ class FSDPSharding:
         """Off for all but the last micro-batch of grad_accum: gradients accumulate unsharded locally."""
         cast(Any, model).set_requires_gradient_sync(sync)  # fully_shard added the method
 
-    def gathered(self, model: nn.Module, optimizer: torch.optim.Optimizer
-                 ) -> tuple[nn.Module | None, _SavedOptimizer | None]:
+    def gathered(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module | None, _SavedOptimizer | None]:
         """Collective: the whole model (an unsharded module) and optimizer state on rank 0; (None, None) elsewhere."""
         msd = get_model_state_dict(model, options=_GATHER)
         osd = get_optimizer_state_dict(model, optimizer, options=_GATHER)
