@@ -72,10 +72,11 @@ def build_optimizer(
         g["lr_ratio"] = 1.0
     # The fused kernel updates all tensors in one launch; it exists for CUDA and CPU in recent torch.
     fused = device.type in ("cuda", "cpu")
+    beta1, beta2 = betas  # a YAML recipe gives a list
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
+        return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, fused=fused)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, foreach=True)
 
 
 def _muon_groups(groups: list[dict], lr: float, muon_lr: float) -> list[dict]:
