@@ -5,6 +5,7 @@ Model architectures and their named presets live in sprout.models (config.py, pr
 A recipe is a YAML file whose keys are `TrainConfig` fields; command-line flags and
 `key=value` overrides are applied on top of it, so every stage is configured the same way.
 """
+
 from __future__ import annotations
 
 import json

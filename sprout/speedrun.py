@@ -5,6 +5,7 @@ On a 2-core CPU the `cpu` recipe finishes in about 20 minutes on the built-in da
 sft_*.jsonl, ...), e.g. `--recipe minimind2-small --data-dir DIR` is MiniMind's GPU recipe on its own data;
 the tokenizer is then trained on DIR's pretraining text, unless `--tokenizer` names one to use as it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ from .config import build_train_config, load_recipe
 from .data.builtin import pretrain_texts, write_builtin
 from .data.data_dir import require, stage_files
 from .eval.choice import score_choices
-from .eval.tasks import builtin_items
 from .eval.perplexity import dataset_loss
 from .eval.report import build_report
 from .eval.samples import generate_samples, sample_questions
+from .eval.tasks import builtin_items
 from .infer.loading import load_for_inference
 from .tokenizer import Tokenizer, iter_file_texts, train_tokenizer
 from .train.engine import train
@@ -31,8 +32,15 @@ def _log(msg: str) -> None:
     print(f"\n[speedrun] {msg}", flush=True)
 
 
-def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minutes: float | None = None,
-             tokenizer: str | None = None, max_steps: int | None = None, eval_questions: int | None = None) -> Path:
+def speedrun(
+    out: Path,
+    recipe: str = "cpu",
+    data_dir: str | None = None,
+    minutes: float | None = None,
+    tokenizer: str | None = None,
+    max_steps: int | None = None,
+    eval_questions: int | None = None,
+) -> Path:
     """`tokenizer`: a tokenizer folder to use as it is (e.g. MiniMind's) instead of training one;
     `max_steps`: a step limit for each training stage; `eval_questions`: per answer-selection task."""
     t0 = time.time()
@@ -74,15 +82,26 @@ def speedrun(out: Path, recipe: str = "cpu", data_dir: str | None = None, minute
     stage_minutes: dict[str, float] = {}
     overrides: list[str] = []
     if minutes:
-        p, s = (float(load_recipe(recipe, st).get("max_tokens") or load_recipe(recipe, st).get("max_minutes") or 1)
-                for st in ("pretrain", "sft"))
+        p, s = (
+            float(load_recipe(recipe, st).get("max_tokens") or load_recipe(recipe, st).get("max_minutes") or 1)
+            for st in ("pretrain", "sft")
+        )
         stage_minutes = {"pretrain": minutes * p / (p + s), "sft": minutes * s / (p + s)}
         overrides = ["max_tokens=null"]
     base_dir, chat_dir = out / "pretrain", out / "sft"
     cfgs = {}
-    for stage, data, start, stage_out in (("pretrain", pretrain_data, None, base_dir), ("sft", sft_data, base_dir, chat_dir)):
-        flags = {"data": data, "out": str(stage_out), "tokenizer": str(tok_dir), "model": str(start) if start else None,
-                 "max_minutes": stage_minutes.get(stage), "max_steps": max_steps}
+    for stage, data, start, stage_out in (
+        ("pretrain", pretrain_data, None, base_dir),
+        ("sft", sft_data, base_dir, chat_dir),
+    ):
+        flags = {
+            "data": data,
+            "out": str(stage_out),
+            "tokenizer": str(tok_dir),
+            "model": str(start) if start else None,
+            "max_minutes": stage_minutes.get(stage),
+            "max_steps": max_steps,
+        }
         cfgs[stage] = cfg = build_train_config(recipe, stage, flags, overrides)
         t = time.time()
         if (stage_out / "model.safetensors").exists():
@@ -128,8 +147,13 @@ def evaluate(base_dir: Path, chat_dir: Path, sft_cfg, n_questions: int) -> dict:
                     results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, f"{task} (base model)")]
     model, tok = load_for_inference(str(chat_dir))
     with torch.inference_mode():
-        for task in ("insuranceqa-zh", "insuranceqa-en", "insuranceqa-zh-as-written", "insuranceqa-en-as-written",
-                     "idiom-zh"):
+        for task in (
+            "insuranceqa-zh",
+            "insuranceqa-en",
+            "insuranceqa-zh-as-written",
+            "insuranceqa-en-as-written",
+            "idiom-zh",
+        ):
             items = builtin_items(task, n_questions)
             results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, task)]
         results["samples"] = generate_samples(model, tok, sample_questions())

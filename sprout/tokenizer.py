@@ -3,6 +3,7 @@
 The trained model is a plain `tokenizers` file plus the transformers config files, so
 `transformers.AutoTokenizer.from_pretrained(dir)` loads the same tokenizer without remote code.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,18 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trai
 from tokenizers import Tokenizer as _Backend
 
 from sprout.tokenizer_chat import CHAT_TEMPLATE, normalize_record, render_chat
-from sprout.tokenizer_template import (DOC_END_NAMES, TemplateChat, generation_eos_ids, read_folder_config,
-                                      token_name)
+from sprout.tokenizer_template import DOC_END_NAMES, TemplateChat, generation_eos_ids, read_folder_config, token_name
 
 __all__ = [
-    "CHAT_TEMPLATE", "SPECIAL_TOKENS", "Tokenizer", "build_default_tokenizer", "default_tokenizer_dir",
-    "normalize_record", "render_chat", "train_tokenizer", "train_tokenizer_from_files",
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "Tokenizer",
+    "build_default_tokenizer",
+    "default_tokenizer_dir",
+    "normalize_record",
+    "render_chat",
+    "train_tokenizer",
+    "train_tokenizer_from_files",
 ]
 
 # Ids 0..8 are fixed in the tokenizers sprout trains (0 = pad, 1 = <|im_start|>, 2 = eos); every other
@@ -27,12 +34,17 @@ __all__ = [
 # The reserved slots let later features add control tokens without resizing trained embeddings.
 NUM_SPECIAL = 32
 NAMED_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
-    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
 ]
-SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + [
-    f"<|reserved_{i}|>" for i in range(NUM_SPECIAL - len(NAMED_SPECIAL_TOKENS))
-]
+SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + [f"<|reserved_{i}|>" for i in range(NUM_SPECIAL - len(NAMED_SPECIAL_TOKENS))]
 # Markup the model writes for the user to see or a program to parse. They are added tokens (always one
 # id) but not "special", so decode(skip_special_tokens=True) keeps them, as tool-call parsers need.
 MARKUP_TOKENS = frozenset(NAMED_SPECIAL_TOKENS[3:])
@@ -54,15 +66,17 @@ SPLIT_PATTERN = (
 
 def _new_backend() -> _Backend:
     tok = _Backend(models.BPE())  # no unk token: every byte has an id
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400) -> "Tokenizer":
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400) -> Tokenizer:
     """Train a byte-level BPE with `vocab_size` ids in total (special tokens and 256 bytes included).
 
     A corpus too small to supply that many merges (pairs seen at least twice) gives a smaller vocabulary.
@@ -95,8 +109,9 @@ class Tokenizer:
     is its tokenizer_config.json, whose eos/pad tokens and Jinja chat template are used as they are.
     """
 
-    def __init__(self, backend: _Backend, config: dict[str, Any] | None = None,
-                 generation_eos: Iterable[int] = ()) -> None:
+    def __init__(
+        self, backend: _Backend, config: dict[str, Any] | None = None, generation_eos: Iterable[int] = ()
+    ) -> None:
         self.backend = backend
         self.config = config
         if config is None:
@@ -115,8 +130,9 @@ class Tokenizer:
         doc_end = next((t for t in DOC_END_NAMES if t in vocab), None)
         eos = turn_end or special["eos_token"] or doc_end
         if eos not in vocab:
-            raise ValueError(f"the tokenizer's eos_token {eos!r} is not in its vocabulary; "
-                             "set eos_token in tokenizer_config.json")
+            raise ValueError(
+                f"the tokenizer's eos_token {eos!r} is not in its vocabulary; set eos_token in tokenizer_config.json"
+            )
         self._eos = vocab[eos]
         self._sep = vocab[doc_end or special["eos_token"] or eos]
         self._pad = vocab.get(special["pad_token"] or "", self._sep)
@@ -125,7 +141,7 @@ class Tokenizer:
 
     # ---- files ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         """Load from a folder holding tokenizer.json (or from the tokenizer.json file itself).
 
         A folder whose tokenizer_config.json carries sprout's own template and ids loads in sprout's
@@ -134,8 +150,10 @@ class Tokenizer:
         folder = path if path.is_dir() else path.parent
         file = folder / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
-            raise SystemExit(f"{path}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer "
-                             "with transformers' save_pretrained to get one)")
+            raise SystemExit(
+                f"{path}: no tokenizer.json (sprout reads fast tokenizers; save the tokenizer "
+                "with transformers' save_pretrained to get one)"
+            )
         backend = _Backend.from_file(str(file))
         config = read_folder_config(folder)
         own = all(backend.token_to_id(t) == i for i, t in enumerate(NAMED_SPECIAL_TOKENS))
@@ -149,15 +167,24 @@ class Tokenizer:
         out.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(out / "tokenizer.json"))
         if self.config is not None:  # a foreign tokenizer is written back as it came
-            special_map = {k: self.config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
-                           if self.config.get(k) is not None}
+            special_map = {
+                k: self.config[k]
+                for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if self.config.get(k) is not None
+            }
             for name, obj in (("tokenizer_config.json", self.config), ("special_tokens_map.json", special_map)):
                 (out / name).write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             (out / "chat_template.jinja").unlink(missing_ok=True)  # the template lives in the config now
             return out
         added = {
-            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": _is_special(t)}
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": _is_special(t),
+            }
             for i, t in enumerate(SPECIAL_TOKENS)
         }
         config = {
@@ -234,8 +261,10 @@ class Tokenizer:
     # ---- chat ----------------------------------------------------------------------------
     def _chat(self) -> TemplateChat:
         if self._template is None:
-            raise ValueError("this tokenizer has no chat_template (tokenizer_config.json); chat needs one — "
-                             "copy the tokenizer files of the matching instruct model into the folder")
+            raise ValueError(
+                "this tokenizer has no chat_template (tokenizer_config.json); chat needs one — "
+                "copy the tokenizer files of the matching instruct model into the folder"
+            )
         return self._template
 
     def apply_chat_template(

@@ -11,6 +11,7 @@ Layout (sprout's own choices, documented in docs/tokenizer.md):
   content, then its tool calls, each in `<tool_call>\\n{json}\\n</tool_call>`;
 - consecutive `tool` results share one `user` turn, each wrapped in `<tool_response>` tags.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,13 @@ CHAT_TEMPLATE = (
   {%- if messages and messages[0].role == 'system' and messages[0].content -%}
     {{- text(messages[0].content) + '\\n\\n' -}}
   {%- endif -%}
-  {{- """ + _jinja_str(TOOLS_HEAD) + """ -}}
+  {{- """
+    + _jinja_str(TOOLS_HEAD)
+    + """ -}}
   {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
-  {{- """ + _jinja_str(TOOLS_TAIL) + """ + '<|im_end|>\\n' -}}
+  {{- """
+    + _jinja_str(TOOLS_TAIL)
+    + """ + '<|im_end|>\\n' -}}
 {%- endif -%}
 {%- for message in messages -%}
   {%- if loop.first and message.role == 'system' and tools -%}

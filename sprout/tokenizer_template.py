@@ -16,6 +16,7 @@ something the answer replaces (MiniMind's and Qwen3's empty `<think></think>` wh
 Where a template rewrites a turn once later turns follow (Qwen3 drops the reasoning of earlier turns),
 upto_i is not a prefix of the training text; the span then ends at the turn's end token in the text.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,21 +77,32 @@ class TemplateChat:
         self.template = template
         self.special: dict[str, Any] = {k: v for k, v in special.items() if v is not None}  # bos_token, ...
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = False, enable_thinking: bool = True) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = False,
+        enable_thinking: bool = True,
+    ) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
             # Returns (one text per conversation, generation indices), whatever its annotation says.
             result: Any = render_jinja_template(
-                conversations=[messages], tools=list(tools) if tools else None, chat_template=self.template,
-                add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **self.special)
+                conversations=[messages],
+                tools=list(tools) if tools else None,
+                chat_template=self.template,
+                add_generation_prompt=add_generation_prompt,
+                enable_thinking=enable_thinking,
+                **self.special,
+            )
         except Exception as e:  # jinja2 raises its own errors, templates raise_exception(...) with any text
             raise UserError(f"the chat template cannot render this conversation: {type(e).__name__}: {e}") from None
         return result[0][0]
 
-    def render_with_spans(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                          turn_end: str | None) -> tuple[str, list[tuple[int, int]]]:
+    def render_with_spans(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, turn_end: str | None
+    ) -> tuple[str, list[tuple[int, int]]]:
         """The whole conversation and the (start, end) character span of each assistant answer, its end
         token (`turn_end`, e.g. <|im_end|>) included."""
         full = self.render(messages, tools)
@@ -100,18 +112,22 @@ class TemplateChat:
                 continue
             base = self.render(messages[:i], tools) if i else ""
             start = len(os.path.commonprefix([self.render(messages[:i], tools, add_generation_prompt=True), full]))
-            upto = self.render(messages[:i + 1], tools).rstrip()
+            upto = self.render(messages[: i + 1], tools).rstrip()
             if full.startswith(upto) and len(upto) > start:
                 end = len(upto)
             else:  # this turn reads differently once later turns follow: it ends at its end token
                 at = full.find(turn_end, start) if turn_end else -1
                 if not turn_end or at < 0:
-                    raise ValueError("cannot find where assistant turn ends in the chat template's text; the "
-                                     "tokenizer needs a known end-of-turn token (eos_token)")
+                    raise ValueError(
+                        "cannot find where assistant turn ends in the chat template's text; the "
+                        "tokenizer needs a known end-of-turn token (eos_token)"
+                    )
                 end = at + len(turn_end)
             if not full.startswith(base) or start < len(base):  # the span would swallow earlier turns
-                raise ValueError("this chat template renders the conversation before an assistant turn differently "
-                                 "once later turns follow, so the assistant spans cannot be found by prefix")
+                raise ValueError(
+                    "this chat template renders the conversation before an assistant turn differently "
+                    "once later turns follow, so the assistant spans cannot be found by prefix"
+                )
             spans.append((start, end))
         return full, spans
 

@@ -1,12 +1,11 @@
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from sprout.models import model_preset
-from sprout.models import build_model
+from sprout.models import build_model, model_preset
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +34,7 @@ def assert_cached_decoding_matches_full_forward(model, length: int = 20, prefill
         cache = model.new_cache(2, max_len)
         steps = [model(x[:, :prefill], cache=cache).logits]
         for t in range(prefill, length):
-            steps.append(model(x[:, t:t + 1], cache=cache).logits)
+            steps.append(model(x[:, t : t + 1], cache=cache).logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
@@ -104,8 +103,9 @@ class _BatchedRows:
         pos = torch.tensor([self.cursor[n] for n in self.names])
         self.cache.reserve(1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.names), 1)], 1)
-        logits = self.model(toks[:, None], position_ids=pos[:, None], attention_mask=self.mask,
-                            cache=self.cache).logits[:, -1]
+        logits = self.model(
+            toks[:, None], position_ids=pos[:, None], attention_mask=self.mask, cache=self.cache
+        ).logits[:, -1]
         for i, n in enumerate(self.names):
             self.logits[n].append(logits[i])
             self.cursor[n] += 1
@@ -127,7 +127,7 @@ def decode_alone(model, tokens: torch.Tensor, prompt_len: int, steps: int) -> li
     cache = model.new_cache(1, 64)
     out = [model(tokens[None, :prompt_len], cache=cache).logits[0, -1]]
     for t in range(prompt_len, prompt_len + steps):
-        out.append(model(tokens[None, t:t + 1], cache=cache).logits[0, -1])
+        out.append(model(tokens[None, t : t + 1], cache=cache).logits[0, -1])
     return out
 
 
@@ -136,8 +136,11 @@ def assert_cache_operations_match_decoding_alone(model, atol: float = 1e-4) -> N
     joins left-padded itself; b, then a, leave (rows removed, padding columns trimmed); the rest decode on.
     At every step each row's logits equal decoding that row alone."""
     torch.manual_seed(1)
-    seqs = {"a": (torch.randint(3, 512, (20,)), 5), "b": (torch.randint(3, 512, (30,)), 13),
-            "c": (torch.randint(3, 512, (20,)), 2)}
+    seqs = {
+        "a": (torch.randint(3, 512, (20,)), 5),
+        "b": (torch.randint(3, 512, (30,)), 13),
+        "c": (torch.randint(3, 512, (20,)), 2),
+    }
     rows = _BatchedRows(model)
     with torch.no_grad():
         rows.add("a", *seqs["a"])
@@ -162,6 +165,7 @@ def assert_cache_operations_match_decoding_alone(model, atol: float = 1e-4) -> N
 
 def ctrl_c_at(step: int) -> Callable[[dict], None]:
     """An engine `on_step` callback that interrupts the run like Ctrl-C (a real SIGINT) after `step`."""
+
     def on_step(info: dict) -> None:
         if info["step"] == step:
             os.kill(os.getpid(), signal.SIGINT)
@@ -189,8 +193,10 @@ TINY_FAMILIES = {
     "llama": ("tiny", {"model_type": "llama", "tie_word_embeddings": False}),
     "qwen3_moe": ("tiny-moe", {}),
     # llama.cpp's qwen2moe mixes experts with un-renormalised weights (transformers' Qwen2-MoE default)
-    "qwen2_moe": ("tiny-moe", {"model_type": "qwen2_moe", "shared_expert_intermediate_size": 32,
-                               "norm_topk_prob": False}),
+    "qwen2_moe": (
+        "tiny-moe",
+        {"model_type": "qwen2_moe", "shared_expert_intermediate_size": 32, "norm_topk_prob": False},
+    ),
     "deepseek_v3": ("tiny-deepseekv3", {}),
     "qwen3_next": ("tiny-qwen3-next", {}),
 }

@@ -10,9 +10,10 @@ AutoModelForCausalLM.from_config(...).save_pretrained:
 - "minimind": MiniMind-style — 6,400 tokens with <|endoftext|>, <|im_start|>, <|im_end|> at 0, 1, 2 and a
               ChatML template that adds a default system prompt (no <think> token).
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -36,16 +37,40 @@ MINIMIND_TEMPLATE = (
 
 LAYOUTS = {
     #          specials first?, special tokens, vocab, template, bos, eos, pad, family
-    "chatml": (False, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 2000, CHATML_TEMPLATE,
-               None, "<|im_end|>", "<|endoftext|>", "qwen3"),
-    "llama3": (False, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                       "<|eot_id|>"], 1500, LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>", None, "llama"),
-    "minimind": (True, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 6400, MINIMIND_TEMPLATE,
-                 "<|im_start|>", "<|im_end|>", "<|endoftext|>", "qwen3"),
+    "chatml": (
+        False,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        2000,
+        CHATML_TEMPLATE,
+        None,
+        "<|im_end|>",
+        "<|endoftext|>",
+        "qwen3",
+    ),
+    "llama3": (
+        False,
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        1500,
+        LLAMA3_TEMPLATE,
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        None,
+        "llama",
+    ),
+    "minimind": (
+        True,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        6400,
+        MINIMIND_TEMPLATE,
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "qwen3",
+    ),
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _corpus() -> tuple[str, ...]:
     from sprout.data.builtin import pretrain_texts
 
@@ -60,13 +85,18 @@ def build_tokenizer(layout: str):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials if first else [],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=specials if first else [],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(_corpus(), trainer)
     if not first:  # Qwen / Llama put their special tokens after the learned vocabulary
         backend.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   chat_template=template)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, chat_template=template
+    )
 
 
 def make_folder(path: Path, layout: str, seed: int = 0) -> Path:
@@ -76,11 +106,21 @@ def make_folder(path: Path, layout: str, seed: int = 0) -> Path:
     tok = build_tokenizer(layout)
     family = LAYOUTS[layout][7]
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    dims = dict(vocab_size=len(tok) + 64 if layout == "chatml" else len(tok), hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                max_position_embeddings=512)
-    cfg = (Qwen3Config(**dims, tie_word_embeddings=True, **ids) if family == "qwen3"
-           else LlamaConfig(**dims, tie_word_embeddings=False, **ids))
+    dims = dict(
+        vocab_size=len(tok) + 64 if layout == "chatml" else len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+    )
+    cfg = (
+        Qwen3Config(**dims, tie_word_embeddings=True, **ids)
+        if family == "qwen3"
+        else LlamaConfig(**dims, tie_word_embeddings=False, **ids)
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():  # larger weights than the init, so greedy decoding wanders instead of repeating

@@ -1,5 +1,6 @@
 """The cache protocol (sprout.models.cache) for every family: rows added mid-decode, rows of different lengths
 merged, rows removed and padding trimmed all give each row the logits it gets when decoded alone."""
+
 import pytest
 import torch
 from conftest import (
@@ -64,8 +65,12 @@ def test_left_padding_enters_neither_the_conv_window_nor_the_delta_rule_state():
     mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)], 1)
     with torch.no_grad():
         model(x, cache=alone)
-        model(torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1), position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-              attention_mask=mask, cache=padded)
+        model(
+            torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            attention_mask=mask,
+            cache=padded,
+        )
     for name in ("conv", "recurrent"):
         for i, state in alone.states[name].items():
             assert state.abs().max() > 0 and torch.allclose(padded.states[name][i], state, atol=1e-5), (name, i)

@@ -1,7 +1,9 @@
 """The terminal chat loop, driven with scripted input."""
+
 import io
 
 from conftest import tiny_model
+
 from sprout.infer.chat import ChatSession, run_chat, split_thinking
 from sprout.infer.generate import SamplingConfig
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir

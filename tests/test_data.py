@@ -1,4 +1,5 @@
 """Data pipeline: validation messages, file formats, pre-tokenization, packing, built-in corpora."""
+
 from __future__ import annotations
 
 import json
@@ -18,28 +19,67 @@ from sprout.data.tokenized import tokenize_pretrain, tokenize_sft
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
 
 SFT_RECORDS = [
-    {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮你？"},
-                       {"role": "user", "content": "什么是免赔额？"},
-                       {"role": "assistant", "content": "免赔额是损失中由被保险人自己承担的部分。"}]},
-    {"conversations": [{"role": "system", "content": "You are a concise assistant."},
-                       {"role": "user", "content": "Is renters insurance required?"},
-                       {"role": "assistant", "content": "No law requires it, but many landlords ask for it."}]},
-    {"conversations": [{"role": "user", "content": "3 乘以 7 等于几？"},
-                       {"role": "assistant", "reasoning_content": "3 × 7 = 21。", "content": "等于 21。"}]},
-    {"conversations": [
-        {"role": "system", "content": "You can call tools.", "tools": json.dumps([{"type": "function", "function": {
-            "name": "get_weather", "description": "Current weather", "parameters": {
-                "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])},
-        {"role": "user", "content": "What's the weather in Hangzhou?"},
-        {"role": "assistant", "content": "", "tool_calls": json.dumps([{"name": "get_weather", "arguments": {"city": "Hangzhou"}}])},
-        {"role": "tool", "content": "{\"city\": \"Hangzhou\", \"weather\": \"light rain\"}"},
-        {"role": "assistant", "content": "Hangzhou has light rain right now."}]},
+    {
+        "conversations": [
+            {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "你好！有什么可以帮你？"},
+            {"role": "user", "content": "什么是免赔额？"},
+            {"role": "assistant", "content": "免赔额是损失中由被保险人自己承担的部分。"},
+        ]
+    },
+    {
+        "conversations": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Is renters insurance required?"},
+            {"role": "assistant", "content": "No law requires it, but many landlords ask for it."},
+        ]
+    },
+    {
+        "conversations": [
+            {"role": "user", "content": "3 乘以 7 等于几？"},
+            {"role": "assistant", "reasoning_content": "3 × 7 = 21。", "content": "等于 21。"},
+        ]
+    },
+    {
+        "conversations": [
+            {
+                "role": "system",
+                "content": "You can call tools.",
+                "tools": json.dumps(
+                    [
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": "get_weather",
+                                "description": "Current weather",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"city": {"type": "string"}},
+                                    "required": ["city"],
+                                },
+                            },
+                        }
+                    ]
+                ),
+            },
+            {"role": "user", "content": "What's the weather in Hangzhou?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": json.dumps([{"name": "get_weather", "arguments": {"city": "Hangzhou"}}]),
+            },
+            {"role": "tool", "content": '{"city": "Hangzhou", "weather": "light rain"}'},
+            {"role": "assistant", "content": "Hangzhou has light rain right now."},
+        ]
+    },
 ]
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -50,6 +90,7 @@ def tok() -> Tokenizer:
 
 # ---- validation and error messages ----------------------------------------------------------
 
+
 def test_bad_json_reports_file_line_and_column(tmp_path):
     p = write_jsonl(tmp_path / "pre.jsonl", [{"text": "a"}, "", '{"text": "b",, }'])
     with pytest.raises(DataError) as e:
@@ -59,8 +100,13 @@ def test_bad_json_reports_file_line_and_column(tmp_path):
 
 
 def test_wrong_role_message_is_exact(tmp_path):
-    bad = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-                             {"role": "bot", "content": "x"}]}
+    bad = {
+        "conversations": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+            {"role": "bot", "content": "x"},
+        ]
+    }
     p = write_jsonl(tmp_path / "sft.jsonl", [SFT_RECORDS[0], bad])
     with pytest.raises(DataError) as e:
         list(read_records(p, "sft"))
@@ -147,6 +193,7 @@ def test_parquet_and_folder_of_shards_match_jsonl(tmp_path):
 
 # ---- pre-tokenization and datasets ----------------------------------------------------------
 
+
 def test_pretrain_shards_and_windows_reproduce_the_stream(tmp_path, tok):
     texts = [f"Document {i}: 保险是一种风险转移的工具。 A term life policy pays {i} dollars." for i in range(60)]
     meta = tokenize_pretrain([{"text": t} for t in texts], tok, tmp_path / "pt", val_fraction=0.1, seed=3)
@@ -169,7 +216,7 @@ def test_pretrain_shards_and_windows_reproduce_the_stream(tmp_path, tok):
     assert len(ds) == (len(train) - 1) // T
     items = [ds[i] for i in range(len(ds))]
     stream = torch.cat([it["input_ids"] for it in items] + [items[-1]["labels"][-1:]])
-    assert torch.equal(stream, torch.from_numpy(train[:len(ds) * T + 1].astype(np.int64)))
+    assert torch.equal(stream, torch.from_numpy(train[: len(ds) * T + 1].astype(np.int64)))
     for it in items:
         assert torch.equal(it["input_ids"][1:], it["labels"][:-1])
 
@@ -227,8 +274,12 @@ def test_sft_labels_are_exactly_the_assistant_tokens(tmp_path, tok):
 
 
 def test_sft_truncates_long_conversations(tmp_path, tok):
-    long = {"conversations": [{"role": "user", "content": "Tell me a story."},
-                              {"role": "assistant", "content": "Once upon a time " * 200}]}
+    long = {
+        "conversations": [
+            {"role": "user", "content": "Tell me a story."},
+            {"role": "assistant", "content": "Once upon a time " * 200},
+        ]
+    }
     meta = tokenize_sft([long, SFT_RECORDS[1]], tok, tmp_path / "s", seq_len=64, val_fraction=0.0)
     assert meta["truncated"] == 1
     assert np.diff(np.load(tmp_path / "s" / "train" / "offsets.npy")).max() == 64
@@ -246,8 +297,7 @@ def test_pack_best_fit_places_everything_once():
 
 
 def test_packed_rows_keep_conversations_apart(tmp_path, tok):
-    from sprout.models import model_preset
-    from sprout.models import build_model
+    from sprout.models import build_model, model_preset
 
     d, _ = _sft_dir(tmp_path, tok, SFT_RECORDS)
     T = 256
@@ -291,11 +341,16 @@ def test_packing_beats_padding(tmp_path, tok):
 
 # ---- built-in data --------------------------------------------------------------------------
 
+
 def test_clean_question_en():
-    assert builtin.clean_question_en("Is  Disability  Insurance  Required  By  Law?") == \
-        "Is disability insurance required by law?"
-    assert builtin.clean_question_en("What  Does  AAA  Cover  If  I'm  In  A  Long-Term  Plan?") == \
-        "What does AAA cover if I'm in a long-term plan?"
+    assert (
+        builtin.clean_question_en("Is  Disability  Insurance  Required  By  Law?")
+        == "Is disability insurance required by law?"
+    )
+    assert (
+        builtin.clean_question_en("What  Does  AAA  Cover  If  I'm  In  A  Long-Term  Plan?")
+        == "What does AAA cover if I'm in a long-term plan?"
+    )
 
 
 def test_insuranceqa_choice_is_valid_and_never_test():
@@ -312,7 +367,9 @@ def test_insuranceqa_choice_is_valid_and_never_test():
         assert it["options"][it["answer"]] == " ".join(answers[q["answers"][0]]["en"].split())
         golds.append(it["answer"])
     assert len(set(golds)) > 1  # the gold position is shuffled
-    assert builtin.insuranceqa_choice("valid", "zh", seed=1, limit=5) == builtin.insuranceqa_choice("valid", "zh", seed=1, limit=5)
+    assert builtin.insuranceqa_choice("valid", "zh", seed=1, limit=5) == builtin.insuranceqa_choice(
+        "valid", "zh", seed=1, limit=5
+    )
     with pytest.raises(ValueError, match="test split is reserved"):
         builtin.insuranceqa_choice("test")
 
@@ -349,6 +406,7 @@ def test_builtin_sft_is_valid_sft_and_heldout_free(tmp_path):
 
 
 # ---- MiniMind files -------------------------------------------------------------------------
+
 
 def test_minimind_files_names_what_is_missing(tmp_path):
     (tmp_path / "dataset").mkdir()

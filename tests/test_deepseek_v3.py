@@ -1,12 +1,11 @@
 """DeepSeek-V3 family: MLA with a compressed cache, DeepSeek MoE, MTP heads, and interop with transformers."""
+
 import torch
+from conftest import assert_cached_decoding_matches_full_forward
 from transformers import AutoModelForCausalLM
 
-from conftest import assert_cached_decoding_matches_full_forward
-
-from sprout.models import model_preset
 from sprout.infer.generate import SamplingConfig, generate
-from sprout.models import build_model, load_model, save_model
+from sprout.models import build_model, load_model, model_preset, save_model
 from sprout.models.deepseek_v3 import LatentCache
 from sprout.models.moe import update_router_biases
 
@@ -62,13 +61,15 @@ def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_pa
         again = load_model(tmp_path)  # MTP heads are not exported; they start fresh on load
         assert (again(x).logits - model(x).logits).abs().max() == 0
     prompt = x[:1, :10]
-    theirs = hf.generate(prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0,
-                         eos_token_id=None, pad_token_id=0)
+    theirs = hf.generate(
+        prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0, eos_token_id=None, pad_token_id=0
+    )
     ours = generate(model, [prompt[0].tolist()], SamplingConfig(max_new_tokens=24, temperature=0, stop_token_ids=[]))
     assert ours[0] == theirs[0, 10:].tolist()
 
 
 def test_exported_folder_has_no_mtp_weights(tmp_path):
     from safetensors.torch import load_file
+
     save_model(tiny_ds(), tmp_path)
     assert not any(k.startswith("mtp.") for k in load_file(tmp_path / "model.safetensors"))

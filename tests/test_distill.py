@@ -1,4 +1,5 @@
 """White-box KD against a hand-computed example; the distill stage and black-box generation run."""
+
 from __future__ import annotations
 
 import json
@@ -34,24 +35,40 @@ def test_kd_zero_when_student_is_teacher():
 
 
 def test_distill_stage_and_blackbox_generation(tmp_path):
-    from sprout.infer.teacher_answers import generate_sft, load_prompts
     from sprout.infer.generate import SamplingConfig
+    from sprout.infer.teacher_answers import generate_sft, load_prompts
     from sprout.train.engine import train
 
     teacher, tok = save_tiny_chat_model(tmp_path / "teacher")
-    cfg = TrainConfig(stage="distill", preset="tiny", tokenizer=str(tmp_path / "teacher"),
-                      model_overrides={"vocab_size": tok.vocab_size, "hidden_size": 32, "num_hidden_layers": 1},
-                      out=str(tmp_path / "student"), seq_len=64, batch_size=4, max_steps=2, eval_every=2,
-                      eval_batches=1, log_every=1, save_every=0,
-                      objective_args={"teacher": str(tmp_path / "teacher"), "dataset": "identity"})
+    cfg = TrainConfig(
+        stage="distill",
+        preset="tiny",
+        tokenizer=str(tmp_path / "teacher"),
+        model_overrides={"vocab_size": tok.vocab_size, "hidden_size": 32, "num_hidden_layers": 1},
+        out=str(tmp_path / "student"),
+        seq_len=64,
+        batch_size=4,
+        max_steps=2,
+        eval_every=2,
+        eval_batches=1,
+        log_every=1,
+        save_every=0,
+        objective_args={"teacher": str(tmp_path / "teacher"), "dataset": "identity"},
+    )
     out = train(cfg)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("kd" in r and "ce" in r for r in rows) and any("val_ce" in r for r in rows)
 
     prompts = load_prompts("builtin:identity", limit=3)
     assert all(p[-1]["role"] == "user" for p in prompts)
-    path = generate_sft(teacher.eval(), tok, prompts, tmp_path / "bb.jsonl", SamplingConfig(max_new_tokens=8, temperature=1.0, seed=0, stop_token_ids=[]),
-                        progress=None)
+    path = generate_sft(
+        teacher.eval(),
+        tok,
+        prompts,
+        tmp_path / "bb.jsonl",
+        SamplingConfig(max_new_tokens=8, temperature=1.0, seed=0, stop_token_ids=[]),
+        progress=None,
+    )
     from sprout.data.readers import read_records
 
     recs = list(read_records(path, "sft"))

@@ -1,4 +1,5 @@
 """DPO: the loss against TRL's own implementation, reference precompute, and a tiny run."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,7 +16,7 @@ from sprout.train.objectives.dpo import _last_turn_labels, dpo_loss
 def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
     """Run TRL's DPOTrainer._compute_loss on fixed per-token log-probs (no model, no accelerator):
     the completion mask puts n tokens at the start of each row, and the row's log-probs sum to the target."""
-    trl = pytest.importorskip("trl")
+    pytest.importorskip("trl")
     from trl.trainer.dpo_trainer import DPOTrainer
 
     B = chosen.shape[0]
@@ -25,20 +26,40 @@ def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
     comp = torch.zeros(2 * B, T + 1, dtype=torch.long)
     per_tok = torch.zeros(2 * B, T)
     for i in range(2 * B):
-        comp[i, 1:1 + int(n[i])] = 1
-        per_tok[i, :int(n[i])] = totals[i] / n[i]
-    outputs = SimpleNamespace(log_probs=per_tok, entropy=torch.zeros(2 * B, T), mean_logits=torch.zeros(2 * B, T),
-                              is_top1=torch.zeros(2 * B, T, dtype=torch.bool), aux_loss=None)
+        comp[i, 1 : 1 + int(n[i])] = 1
+        per_tok[i, : int(n[i])] = totals[i] / n[i]
+    outputs = SimpleNamespace(
+        log_probs=per_tok,
+        entropy=torch.zeros(2 * B, T),
+        mean_logits=torch.zeros(2 * B, T),
+        is_top1=torch.zeros(2 * B, T, dtype=torch.bool),
+        aux_loss=None,
+    )
     model = SimpleNamespace(training=True)
     acc = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x)
-    fake = SimpleNamespace(model=model, accelerator=acc, aux_loss_enabled=False, ld_alpha=None,
-                           precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type],
-                           loss_weights=[1.0], beta=beta, use_weighting=False, label_smoothing=0.0,
-                           _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-                           _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long), "completion_mask": comp,
-              "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
-              "ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r}
+    fake = SimpleNamespace(
+        model=model,
+        accelerator=acc,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        use_weighting=False,
+        label_smoothing=0.0,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.zeros(2 * B, T + 1, dtype=torch.long),
+        "completion_mask": comp,
+        "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
+        "ref_chosen_logps": ref_c,
+        "ref_rejected_logps": ref_r,
+    }
     loss = DPOTrainer._compute_loss(fake, lambda **kw: outputs, inputs, False)
     return loss, fake._metrics["train"]
 
@@ -48,8 +69,14 @@ def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
 def test_loss_equals_trl(loss_type, beta):
     g = torch.Generator().manual_seed(0)
     B = 6
-    chosen, rejected = -torch.rand(B, generator=g, dtype=torch.float64) * 40, -torch.rand(B, generator=g, dtype=torch.float64) * 40
-    ref_c, ref_r = -torch.rand(B, generator=g, dtype=torch.float64) * 40, -torch.rand(B, generator=g, dtype=torch.float64) * 40
+    chosen, rejected = (
+        -torch.rand(B, generator=g, dtype=torch.float64) * 40,
+        -torch.rand(B, generator=g, dtype=torch.float64) * 40,
+    )
+    ref_c, ref_r = (
+        -torch.rand(B, generator=g, dtype=torch.float64) * 40,
+        -torch.rand(B, generator=g, dtype=torch.float64) * 40,
+    )
     n_c, n_r = torch.randint(1, 20, (B,), generator=g), torch.randint(1, 20, (B,), generator=g)
     ours, m = dpo_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r)
     theirs, tm = _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r)
@@ -73,21 +100,33 @@ def test_last_turn_labels():
 
 @pytest.mark.parametrize("reference", ["precompute", "frozen"])
 def test_dpo_stage_runs(tmp_path, reference):
+    import json
+
     from sprout.data.builtin_sets import dpo_pairs
     from sprout.train.engine import train
-    import json
 
     save_tiny_chat_model(tmp_path / "base")
     for name, split in (("train", "train"), ("val", "heldout")):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for r in dpo_pairs(split, limit=16, max_chars=60):
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    cfg = TrainConfig(stage="dpo", model=str(tmp_path / "base"), data=str(tmp_path / "train.jsonl"),
-                      out=str(tmp_path / "run"), seq_len=48, batch_size=4, max_steps=3, eval_every=3,
-                      eval_batches=2, log_every=1, save_every=0, lr=1e-3,
-                      objective_args={"reference": reference, "val_data": str(tmp_path / "val.jsonl")})
+    cfg = TrainConfig(
+        stage="dpo",
+        model=str(tmp_path / "base"),
+        data=str(tmp_path / "train.jsonl"),
+        out=str(tmp_path / "run"),
+        seq_len=48,
+        batch_size=4,
+        max_steps=3,
+        eval_every=3,
+        eval_batches=2,
+        log_every=1,
+        save_every=0,
+        lr=1e-3,
+        objective_args={"reference": reference, "val_data": str(tmp_path / "val.jsonl")},
+    )
     out = train(cfg)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first = next(r for r in rows if "accuracy" in r)
     assert {"rewards_chosen", "rewards_rejected", "margin", "accuracy"} <= set(first)
     # at step 1 the policy equals the reference: rewards are exactly zero

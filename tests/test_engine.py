@@ -1,4 +1,5 @@
 """The training engine on a synthetic task: exact resume, optimizer groups, schedules, checkpoints, output."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ctrl_c_at
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from conftest import ctrl_c_at
-
 from sprout.config import TrainConfig
 from sprout.errors import UserError
-from sprout.models import model_preset
-from sprout.models import build_model
+from sprout.models import build_model, model_preset
 from sprout.train import register, train
 from sprout.train.checkpoint import LATEST, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints
 from sprout.train.objectives.lm import CausalLMObjective
@@ -64,11 +63,24 @@ class NaNObjective(SyntheticObjective):
 
 def make_cfg(out: Path, **kw) -> TrainConfig:
     base = dict(
-        stage="synthetic-test", out=str(out), preset="tiny",
+        stage="synthetic-test",
+        out=str(out),
+        preset="tiny",
         model_overrides={"vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1},
-        seq_len=16, batch_size=4, grad_accum=2, lr=1e-2, warmup=0.2, schedule="cosine",
-        max_steps=12, eval_every=5, eval_batches=2, log_every=2, save_every=5,
-        device="cpu", dtype="fp32", seed=3,
+        seq_len=16,
+        batch_size=4,
+        grad_accum=2,
+        lr=1e-2,
+        warmup=0.2,
+        schedule="cosine",
+        max_steps=12,
+        eval_every=5,
+        eval_batches=2,
+        log_every=2,
+        save_every=5,
+        device="cpu",
+        dtype="fp32",
+        seed=3,
     )
     base.update(kw)
     return TrainConfig(**base)

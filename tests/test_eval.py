@@ -1,10 +1,11 @@
 """Scoring primitives against hand-computed values."""
+
 import math
 
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from sprout.eval.samples import language_of, repeated_ngram_rate
 from sprout.eval.scoring import continuation_logprobs, wilson_interval
 
@@ -85,7 +86,7 @@ def test_text_loss_perplexity_and_bits_per_byte_by_hand(tok, tmp_path):
     ids = [0] + tok.encode(docs[1])
     win_nats = 0.0
     for s in range(0, len(ids) - 1, 4):
-        chunk = ids[s:s + 5]
+        chunk = ids[s : s + 5]
         logp = _logp(model, chunk)
         win_nats -= sum(float(logp[i, chunk[i + 1]]) for i in range(len(chunk) - 1))
     one = tmp_path / "one.txt"
@@ -95,8 +96,14 @@ def test_text_loss_perplexity_and_bits_per_byte_by_hand(tok, tmp_path):
 
 
 MC_ITEMS = [
-    {"question": "Which one pays a death benefit?", "A": "term life", "B": "car insurance", "C": "a savings account",
-     "D": "nothing", "answer": "A"},
+    {
+        "question": "Which one pays a death benefit?",
+        "A": "term life",
+        "B": "car insurance",
+        "C": "a savings account",
+        "D": "nothing",
+        "answer": "A",
+    },
     {"question": "保险是什么？", "A": "一种风险转移工具", "B": "一种水果", "C": "一座山", "D": "一首歌", "answer": "C"},
     {"question": "2 + 2 = ?", "A": "3", "B": "4", "C": "5", "D": "22", "answer": "B"},
 ]
@@ -150,10 +157,12 @@ def test_few_shot_prompt_is_built_from_the_dev_file(tok, tmp_path):
 
     items = [parse_item(it) for it in MC_ITEMS]
     dev = [parse_item({"question": "1 + 1 = ?", "choices": ["2", "3"], "answer": 0})]
-    (lp, op), = build_prompts(items[:1], dev, shots=1)
-    assert lp == ("1 + 1 = ?\nA. 2\nB. 3\nAnswer: A\n\n"
-                  "Which one pays a death benefit?\nA. term life\nB. car insurance\nC. a savings account\nD. nothing\n"
-                  "Answer:")
+    ((lp, op),) = build_prompts(items[:1], dev, shots=1)
+    assert lp == (
+        "1 + 1 = ?\nA. 2\nB. 3\nAnswer: A\n\n"
+        "Which one pays a death benefit?\nA. term life\nB. car insurance\nC. a savings account\nD. nothing\n"
+        "Answer:"
+    )
     assert op == "1 + 1 = ?\nAnswer: 2\n\nWhich one pays a death benefit?\nAnswer:"
     # without a dev file the shots come from the same file, never the item itself
     for i, (lp, _) in enumerate(build_prompts(items, None, shots=2)):
@@ -163,8 +172,11 @@ def test_few_shot_prompt_is_built_from_the_dev_file(tok, tmp_path):
 
 def test_parse_item_formats():
     assert parse_item({"Question": "q", "A": "a", "B": "b", "C": "c", "D": "d", "Answer": "d"})["answer"] == 3  # CMMLU
-    assert parse_item({"question": "q", "choices": ["x", "y", "z"], "answer": 1}) == \
-        {"question": "q", "options": ["x", "y", "z"], "answer": 1}  # MMLU export
+    assert parse_item({"question": "q", "choices": ["x", "y", "z"], "answer": 1}) == {
+        "question": "q",
+        "options": ["x", "y", "z"],
+        "answer": 1,
+    }  # MMLU export
     assert parse_item({"question": "q", "A": "a", "B": "b", "answer": "1"})["answer"] == 1
     with pytest.raises(ValueError):
         parse_item({"question": "q", "A": "a", "B": "b", "answer": "E"}, "f.csv:2")
@@ -184,13 +196,27 @@ def test_run_eval_writes_json_and_markdown(tok, tmp_path):
     _write_csv(tmp_path / "toy.csv", MC_ITEMS)
     data = tmp_path / "d.txt"
     data.write_text("Term life insurance pays a death benefit.")
-    res = run_eval("tiny", str(tmp_path / "out"), data=str(data), tasks=["idiom-zh"], limit=4,
-                   mc=[str(tmp_path / "toy.csv")], shots=1, model=model, tokenizer=tok, quiet=True)
+    res = run_eval(
+        "tiny",
+        str(tmp_path / "out"),
+        data=str(data),
+        tasks=["idiom-zh"],
+        limit=4,
+        mc=[str(tmp_path / "toy.csv")],
+        shots=1,
+        model=model,
+        tokenizer=tok,
+        quiet=True,
+    )
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert saved == json.loads(json.dumps(res, ensure_ascii=False))
     assert {(r["task"], r["method"]) for r in saved["choice"]} == {
-        ("idiom-zh", "mean"), ("idiom-zh", "pmi"),
-        ("toy (1-shot)", "letter"), ("toy (1-shot)", "option"), ("toy (1-shot)", "option_norm")}
+        ("idiom-zh", "mean"),
+        ("idiom-zh", "pmi"),
+        ("toy (1-shot)", "letter"),
+        ("toy (1-shot)", "option"),
+        ("toy (1-shot)", "option_norm"),
+    }
     for r in saved["choice"]:
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["chance"] == 0.25
     md = (tmp_path / "out" / "eval.md").read_text()
@@ -201,14 +227,20 @@ def test_answer_selection_mean_and_pmi_by_hand(tok):
     from sprout.eval.choice import score_choices
 
     model = _model_for(tok)
-    items = [{"question": "什么是定期寿险？", "options": ["一种保险", "今天下雨", "Term life."], "answer": 0},
-             {"question": "Hi?", "options": ["Hello.", "保险"], "answer": 1}]
+    items = [
+        {"question": "什么是定期寿险？", "options": ["一种保险", "今天下雨", "Term life."], "answer": 0},
+        {"question": "Hi?", "options": ["Hello.", "保险"], "answer": 1},
+    ]
     correct = {"mean": 0, "pmi": 0}
     results, scores = score_choices(model, tok, items, "toy", return_scores=True)
     for it, got_scores in zip(items, scores):
+
         def mean_lp(question, option):
-            ctx = tok.encode(tok.apply_chat_template([{"role": "user", "content": question}],
-                                                     add_generation_prompt=True, enable_thinking=False))
+            ctx = tok.encode(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": question}], add_generation_prompt=True, enable_thinking=False
+                )
+            )
             cont = tok.encode(option) + [tok.token_id("<|im_end|>")]
             logp = _logp(model, ctx + cont)
             return sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)) / len(cont)

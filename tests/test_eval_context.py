@@ -1,11 +1,12 @@
 """The 1x/2x/4x context-length table."""
+
 import json
 import math
 
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from sprout.eval.context import context_length_table
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir
 
@@ -14,7 +15,9 @@ def test_context_table_rows(tmp_path):
     tok = Tokenizer.load(default_tokenizer_dir())
     model = tiny_model(vocab_size=tok.vocab_size)
     data = tmp_path / "t.jsonl"
-    data.write_text("".join(json.dumps({"text": f"Policy {i} covers fire, flood and theft."}) + "\n" for i in range(300)))
+    data.write_text(
+        "".join(json.dumps({"text": f"Policy {i} covers fire, flood and theft."}) + "\n" for i in range(300))
+    )
     rows = context_length_table(model, tok, str(data), train_len=16, max_windows=3)
     assert [r["length"] for r in rows] == [16, 32, 64]
     one = rows[0]

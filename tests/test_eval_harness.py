@@ -1,10 +1,11 @@
 """lm-evaluation-harness on a saved folder, offline, with sprout's local insuranceqa task."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import save_tiny_family_model
+
 from sprout.eval.harness import LOCAL_TASKS, write_local_tasks
 from sprout.eval.scoring import continuation_logprobs
 from sprout.models import load_model
@@ -24,14 +25,30 @@ def test_lm_eval_local_task_matches_sprouts_own_scoring(tmp_path, monkeypatch):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["max_position_embeddings"] = 4096  # long insurance answers must fit lm-eval's context check
     (folder / "config.json").write_text(json.dumps(cfg))
-    main(["eval", "harness", "--model", str(folder), "--tasks", "sprout_insuranceqa_en", "--limit", str(LIMIT),
-          "--out", str(tmp_path / "out")])
+    main(
+        [
+            "eval",
+            "harness",
+            "--model",
+            str(folder),
+            "--tasks",
+            "sprout_insuranceqa_en",
+            "--limit",
+            str(LIMIT),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     got = json.loads((tmp_path / "out" / "harness.json").read_text())["results"]["sprout_insuranceqa_en"]
     assert set(got) >= {"acc", "acc_norm", "acc_stderr"}
     assert "sprout_insuranceqa_en" in (tmp_path / "out" / "harness.md").read_text()
 
-    rows = [json.loads(line) for line in
-            (tmp_path / "out" / "harness_tasks" / "sprout_insuranceqa_en.jsonl").read_text().splitlines()[:LIMIT]]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "harness_tasks" / "sprout_insuranceqa_en.jsonl")
+        .read_text()
+        .splitlines()[:LIMIT]
+    ]
     tok, model = Tokenizer.load(folder), load_model(folder).eval()
     pairs = [(tok.encode(r["context"]), tok.encode(c)) for r in rows for c in r["choices"]]
     with torch.no_grad():
@@ -55,4 +72,3 @@ def test_local_tasks_are_lm_eval_yaml_with_local_data(tmp_path):
         row = json.loads(open(data, encoding="utf-8").readline())
         assert row["context"].startswith("<|im_start|>user\n") and row["context"].endswith("</think>\n\n")
         assert len(row["choices"]) == 4 and all(c.endswith("<|im_end|>") for c in row["choices"])
-

@@ -1,5 +1,6 @@
 """GGUF export, checked by the programs that read GGUF: the `gguf` reader, transformers' GGUF loader,
 and llama.cpp itself (the prebuilt CPU build in `xllamacpp`, through its native server on 127.0.0.1)."""
+
 import json
 import urllib.request
 from contextlib import contextmanager
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import xllamacpp
-
 from conftest import TINY_FAMILIES
 from conftest import save_tiny_family_model as make_folder
+
 from sprout.export.gguf_export import export_gguf, write_gguf
 from sprout.export.gguf_tensors import gguf_tensors
 from sprout.models import load_model
@@ -49,8 +50,9 @@ def llama_cpp(path):
     url = server.listening_address
 
     def post(endpoint: str, body: dict) -> dict:
-        req = urllib.request.Request(url + endpoint, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 
@@ -86,7 +88,7 @@ def sprout_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[tor
             lp = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
             logprobs.append(lp)
             ids.append(int(lp.argmax()))
-    return ids[len(prompt):], logprobs
+    return ids[len(prompt) :], logprobs
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -125,17 +127,25 @@ def test_llamacpp_renders_the_gguf_chat_template_as_sprout(exported):
     """llama.cpp's own Jinja engine, on the template stored in the file, writes sprout's prompt."""
     conversations = [
         [{"role": "user", "content": "你好"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}],
-        [{"role": "user", "content": "2*3?"}, {"role": "assistant", "content": "6", "reasoning_content": "2*3=6"},
-         {"role": "user", "content": "ok"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+        ],
+        [
+            {"role": "user", "content": "2*3?"},
+            {"role": "assistant", "content": "6", "reasoning_content": "2*3=6"},
+            {"role": "user", "content": "ok"},
+        ],
     ]
     tok = Tokenizer.load(default_tokenizer_dir())
     with llama_cpp(exported["qwen3"][1]) as post:
         for messages in conversations:
             for thinking in (False, True):
-                got = post("/apply-template", {"messages": messages,
-                                               "chat_template_kwargs": {"enable_thinking": thinking}})["prompt"]
+                got = post(
+                    "/apply-template", {"messages": messages, "chat_template_kwargs": {"enable_thinking": thinking}}
+                )["prompt"]
                 assert got == tok.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=thinking)
 
 
@@ -151,14 +161,22 @@ def test_gguf_reader_reads_back_tensors_tokenizer_and_template(exported, family)
     folder, path = exported[family]
     reader = gguf.GGUFReader(path)
     field = lambda key: reader.fields[key].contents()  # noqa: E731
-    arch = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
-            "deepseek_v3": "deepseek2", "qwen3_next": "qwen3next"}[family]
+    arch = {
+        "qwen3": "qwen3",
+        "llama": "llama",
+        "qwen3_moe": "qwen3moe",
+        "qwen2_moe": "qwen2moe",
+        "deepseek_v3": "deepseek2",
+        "qwen3_next": "qwen3next",
+    }[family]
     assert field("general.architecture") == arch
     assert field("tokenizer.ggml.pre") == "qwen2"
     tok_json = json.loads((folder / "tokenizer.json").read_text())
     vocab = {i: t for t, i in tok_json["model"]["vocab"].items()}
     assert field("tokenizer.ggml.tokens") == [vocab[i] for i in range(len(vocab))]
-    assert field("tokenizer.chat_template") == json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    assert (
+        field("tokenizer.chat_template") == json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    )
     assert field("tokenizer.ggml.eos_token_id") == 2 and field("tokenizer.ggml.padding_token_id") == 0
     types = field("tokenizer.ggml.token_type")
     assert types[1] == gguf.TokenType.CONTROL and types[3] == gguf.TokenType.USER_DEFINED  # <|im_start|>, <think>
@@ -200,10 +218,16 @@ def test_smaller_dtypes_run_in_llamacpp_close_to_f32(exported, family, dtype, tm
     folder, _ = exported[family]
     path = write_gguf(folder, tmp_path / f"m-{dtype}.gguf", dtype)
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
-    want = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
-            "q8_0": gguf.GGMLQuantizationType.Q8_0}[dtype]
-    assert types["token_embd.weight"] == want and types["blk.1.ffn_gate_exps.weight" if "blk.1.ffn_gate_exps.weight"
-                                                          in types else "blk.1.ffn_gate.weight"] == want
+    want = {
+        "f16": gguf.GGMLQuantizationType.F16,
+        "bf16": gguf.GGMLQuantizationType.BF16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }[dtype]
+    assert (
+        types["token_embd.weight"] == want
+        and types["blk.1.ffn_gate_exps.weight" if "blk.1.ffn_gate_exps.weight" in types else "blk.1.ffn_gate.weight"]
+        == want
+    )
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     _, logprobs = sprout_greedy(load_model(folder).eval(), PROMPT, 1)
     with llama_cpp(path) as post:

@@ -1,4 +1,5 @@
 """Sampling and batched decoding."""
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -57,6 +58,7 @@ def test_text_decoder_holds_back_partial_characters():
 
 def test_frequency_and_presence_penalties_count_generated_tokens():
     from sprout.infer.generate import apply_frequency_presence
+
     logits = torch.tensor([[1.0, 1.0, 1.0]])
     counts = torch.tensor([[0.0, 1.0, 3.0]])
     out = apply_frequency_presence(logits, counts, frequency=0.5, presence=0.25)
@@ -86,8 +88,9 @@ def test_text_decoder_pieces_join_to_the_full_decode_with_the_real_tokenizer():
 def test_padded_batch_with_penalties_and_sampling_matches_rows_alone():
     model = tiny_model()
     prompts = [[5, 6, 7, 8, 9], [20, 21], [40, 41, 42]]
-    sc = SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[], repetition_penalty=1.3,
-                        frequency_penalty=0.5)
+    sc = SamplingConfig(
+        max_new_tokens=10, temperature=0, stop_token_ids=[], repetition_penalty=1.3, frequency_penalty=0.5
+    )
     assert generate(model, prompts, sc) == [generate(model, [p], sc)[0] for p in prompts]
     # a stop token that ends one row early leaves the others as they were alone
     alone = [generate(model, [p], sc)[0] for p in prompts]

@@ -1,6 +1,7 @@
 """`sprout import minimind`: MiniMind-style state dicts of both generations, dense and MoE, imported and
 compared with a direct computation of MiniMind's forward pass (written here from its model definition);
 stock transformers loads each imported folder and gives the same logits."""
+
 from __future__ import annotations
 
 import math
@@ -28,11 +29,19 @@ def minimind_state(gen: int, moe: bool, experts: int = 4, shared: int = 2, seed:
     s = {"model.embed_tokens.weight": emb, "model.norm.weight": 1 + w(H, scale=0.1), "lm_head.weight": emb.clone()}
     for i in range(L):
         p = f"model.layers.{i}."
-        s |= {p + "self_attn.q_proj.weight": w(HEADS * hd, H), p + "self_attn.k_proj.weight": w(KV * hd, H),
-              p + "self_attn.v_proj.weight": w(KV * hd, H), p + "self_attn.o_proj.weight": w(H, HEADS * hd),
-              p + "input_layernorm.weight": 1 + w(H, scale=0.1), p + "post_attention_layernorm.weight": 1 + w(H, scale=0.1)}
+        s |= {
+            p + "self_attn.q_proj.weight": w(HEADS * hd, H),
+            p + "self_attn.k_proj.weight": w(KV * hd, H),
+            p + "self_attn.v_proj.weight": w(KV * hd, H),
+            p + "self_attn.o_proj.weight": w(H, HEADS * hd),
+            p + "input_layernorm.weight": 1 + w(H, scale=0.1),
+            p + "post_attention_layernorm.weight": 1 + w(H, scale=0.1),
+        }
         if gen == 3:
-            s |= {p + "self_attn.q_norm.weight": 1 + w(hd, scale=0.1), p + "self_attn.k_norm.weight": 1 + w(hd, scale=0.1)}
+            s |= {
+                p + "self_attn.q_norm.weight": 1 + w(hd, scale=0.1),
+                p + "self_attn.k_norm.weight": 1 + w(hd, scale=0.1),
+            }
         ffns = [f"{p}mlp."]
         if moe:
             s[p + "mlp.gate.weight"] = w(experts, H, scale=1.0)
@@ -40,7 +49,11 @@ def minimind_state(gen: int, moe: bool, experts: int = 4, shared: int = 2, seed:
             if gen == 2:
                 ffns += [f"{p}mlp.shared_experts.{j}." for j in range(shared)]
         for f in ffns:
-            s |= {f + "gate_proj.weight": w(INTER, H), f + "up_proj.weight": w(INTER, H), f + "down_proj.weight": w(H, INTER)}
+            s |= {
+                f + "gate_proj.weight": w(INTER, H),
+                f + "up_proj.weight": w(INTER, H),
+                f + "down_proj.weight": w(H, INTER),
+            }
     return s
 
 
@@ -54,12 +67,13 @@ def _rope(x, theta=1e6):
     T, d = x.shape[1], x.shape[-1]
     f = torch.outer(torch.arange(T).float(), 1.0 / theta ** (torch.arange(0, d, 2).float() / d))
     cos, sin = torch.cat([f.cos(), f.cos()], -1)[None, :, None], torch.cat([f.sin(), f.sin()], -1)[None, :, None]
-    return x * cos + torch.cat([-x[..., d // 2:], x[..., :d // 2]], -1) * sin
+    return x * cos + torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1) * sin
 
 
 def _ffn(x, s, p):
-    return F.linear(F.silu(F.linear(x, s[p + "gate_proj.weight"])) * F.linear(x, s[p + "up_proj.weight"]),
-                    s[p + "down_proj.weight"])
+    return F.linear(
+        F.silu(F.linear(x, s[p + "gate_proj.weight"])) * F.linear(x, s[p + "up_proj.weight"]), s[p + "down_proj.weight"]
+    )
 
 
 def _moe(x, s, p, gen, top_k):
@@ -103,16 +117,18 @@ def minimind_forward(s16, ids, gen, top_k):
     return F.linear(_rms(x, s["model.norm.weight"], eps), s["lm_head.weight"])
 
 
-@pytest.mark.parametrize("gen,moe,family", [(2, False, "llama"), (3, False, "qwen3"),
-                                            (2, True, "qwen2_moe"), (3, True, "qwen3_moe")])
+@pytest.mark.parametrize(
+    "gen,moe,family", [(2, False, "llama"), (3, False, "qwen3"), (2, True, "qwen2_moe"), (3, True, "qwen3_moe")]
+)
 def test_import_matches_minimind_forward_in_transformers(tmp_path, gen, moe, family):
     from transformers import AutoModelForCausalLM
 
     state = minimind_state(gen, moe)
     torch.save(state, tmp_path / "ckpt.pth")
     top_k = 2 if gen == 2 else 1  # MiniMind's defaults per generation
-    out = import_minimind(tmp_path / "ckpt.pth", tmp_path / "out",
-                          options=ImportOptions(num_attention_heads=HEADS if gen == 2 else None))
+    out = import_minimind(
+        tmp_path / "ckpt.pth", tmp_path / "out", options=ImportOptions(num_attention_heads=HEADS if gen == 2 else None)
+    )
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert hf.config.model_type == family
     ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -130,8 +146,17 @@ def test_cli_import_with_minimind_tokenizer_then_chat(tmp_path):
 
     build_tokenizer("minimind").save_pretrained(tmp_path / "tokenizer")  # MiniMind's layout, its own template
     torch.save(minimind_state(3, False), tmp_path / "full_sft_64.pth")
-    main(["import", "minimind", str(tmp_path / "full_sft_64.pth"), "--out", str(tmp_path / "out"),
-          "--tokenizer", str(tmp_path / "tokenizer")])
+    main(
+        [
+            "import",
+            "minimind",
+            str(tmp_path / "full_sft_64.pth"),
+            "--out",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            str(tmp_path / "tokenizer"),
+        ]
+    )
     model, tok = load_for_inference(str(tmp_path / "out"), "cpu")
     assert (tok.eos_id, tok.pad_id) == (2, 0)
     reply = "".join(ChatSession(model, tok, SamplingConfig(max_new_tokens=5, temperature=0)).reply_stream("你好"))

@@ -1,4 +1,5 @@
 """LoRA: our layers against PEFT on the same folders, merge equivalence, and a tiny training run."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,8 @@ import torch
 from conftest import save_tiny_chat_model
 
 from sprout.config import TrainConfig
-from sprout.models import model_preset
-from sprout.models import build_model, load_model, save_model
-from sprout.train.lora import (LoRALinear, apply_lora, load_adapter, lora_parameters, merge_lora,
-                               save_adapter)
+from sprout.models import build_model, load_model, model_preset, save_model
+from sprout.train.lora import LoRALinear, apply_lora, load_adapter, lora_parameters, merge_lora, save_adapter
 
 
 def _base(tmp_path):
@@ -94,9 +93,19 @@ def test_lora_stage_trains_and_saves_adapter(tmp_path):
     from sprout.train.engine import train
 
     base, _ = save_tiny_chat_model(tmp_path / "base")
-    cfg = TrainConfig(stage="lora", model=str(tmp_path / "base"), out=str(tmp_path / "run"), seq_len=64,
-                      batch_size=4, max_steps=3, eval_every=0, log_every=1, save_every=0, lr=1e-2,
-                      objective_args={"r": 2, "alpha": 4, "dataset": "identity"})
+    cfg = TrainConfig(
+        stage="lora",
+        model=str(tmp_path / "base"),
+        out=str(tmp_path / "run"),
+        seq_len=64,
+        batch_size=4,
+        max_steps=3,
+        eval_every=0,
+        log_every=1,
+        save_every=0,
+        lr=1e-2,
+        objective_args={"r": 2, "alpha": 4, "dataset": "identity"},
+    )
     out = train(cfg)
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     model = load_adapter(load_model(tmp_path / "base"), out).eval()
@@ -110,8 +119,18 @@ def test_post_training_cli_commands(tmp_path):
 
     model = _random_adapter(_base(tmp_path))
     save_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
-    main(["export", "merge-lora", "--model", str(tmp_path / "base"), "--lora", str(tmp_path / "adapter"),
-          "--out", str(tmp_path / "merged")])
+    main(
+        [
+            "export",
+            "merge-lora",
+            "--model",
+            str(tmp_path / "base"),
+            "--lora",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "merged"),
+        ]
+    )
     assert (tmp_path / "merged" / "model.safetensors").exists()
     c = build_parser().parse_args(["chat", "--model", "M", "--lora", "X", "--tools"])
     assert c.lora == "X"

@@ -1,9 +1,10 @@
 """The dense model: causality, KV-cache decoding, packing masks, and interop with stock transformers."""
+
 import pytest
 import torch
+from conftest import assert_cached_decoding_matches_full_forward, tiny_model
 from transformers import AutoModelForCausalLM
 
-from conftest import assert_cached_decoding_matches_full_forward, tiny_model
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import load_model, save_model
 
@@ -47,17 +48,27 @@ def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_pa
     with torch.no_grad():
         assert (model(x).logits - hf(x).logits).abs().max() < 1e-4
     prompt = x[:1, :10]
-    theirs = hf.generate(prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0,
-                          eos_token_id=None, pad_token_id=0)
+    theirs = hf.generate(
+        prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0, eos_token_id=None, pad_token_id=0
+    )
     ours = generate(model, [prompt[0].tolist()], SamplingConfig(max_new_tokens=24, temperature=0, stop_token_ids=[]))
     assert ours[0] == theirs[0, 10:].tolist()
 
 
 def test_we_load_a_folder_written_by_transformers(tmp_path):
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
     torch.manual_seed(1)
-    cfg = Qwen3Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+    )
     hf = Qwen3ForCausalLM(cfg).eval()
     hf.save_pretrained(tmp_path)
     ours = load_model(tmp_path).eval()

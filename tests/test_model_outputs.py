@@ -1,6 +1,7 @@
 """Explicit model outputs in training: the MTP loss uses the objective's labels (no MTP gradient from prompt
 tokens), and DeepSeek's router-bias balancing runs once per optimizer step, at a rate grad_accum does not change,
 identically on every data-parallel rank (a real 2-process gloo run of the training engine)."""
+
 from __future__ import annotations
 
 import os
@@ -59,10 +60,24 @@ class BiasRecordingObjective(CausalLMObjective):
 
 def bias_cfg(out: Path, record: Path, grad_accum: int, steps: int = 4) -> TrainConfig:
     return TrainConfig(
-        stage="router-bias-test", out=str(out), preset="tiny-deepseekv3",
+        stage="router-bias-test",
+        out=str(out),
+        preset="tiny-deepseekv3",
         model_overrides={"vocab_size": 16, "bias_update_rate": RATE, "num_hidden_layers": 2, "n_group": 1},
-        seq_len=16, batch_size=2, grad_accum=grad_accum, lr=1e-3, warmup=0, max_steps=steps, eval_every=1000,
-        log_every=1, save_every=1000, device="cpu", dtype="fp32", seed=0, objective_args={"record": str(record)})
+        seq_len=16,
+        batch_size=2,
+        grad_accum=grad_accum,
+        lr=1e-3,
+        warmup=0,
+        max_steps=steps,
+        eval_every=1000,
+        log_every=1,
+        save_every=1000,
+        device="cpu",
+        dtype="fp32",
+        seed=0,
+        objective_args={"record": str(record)},
+    )
 
 
 def test_mtp_loss_uses_the_objectives_labels_so_prompt_tokens_get_no_mtp_gradient():
@@ -89,7 +104,7 @@ def test_mtp_loss_uses_the_objectives_labels_so_prompt_tokens_get_no_mtp_gradien
     assert torch.allclose(metrics["mtp_loss"], ref)
     grad_per_position = mtp_logits.grad[0].abs().sum(-1)
     target_is_prompt = labels[0, 1:] == -100
-    assert target_is_prompt[:prompt - 2].all() and not target_is_prompt[prompt - 1:-1].any()
+    assert target_is_prompt[: prompt - 2].all() and not target_is_prompt[prompt - 1 : -1].any()
     assert (grad_per_position[target_is_prompt] == 0).all()  # no MTP gradient towards prompt tokens
     assert (grad_per_position[~target_is_prompt] > 0).all()
     # Packed documents: a target in the next document is not an MTP target either.
@@ -128,8 +143,14 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, tmp: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     train(bias_cfg(Path(tmp) / "run", Path(tmp) / f"rank{rank}.pt", grad_accum=2, steps=5))
 

@@ -1,22 +1,26 @@
 """Mixture of experts: sorted dispatch, routing options, load balancing, and interop with transformers."""
+
 import pytest
 import torch
+from conftest import assert_cached_decoding_matches_full_forward
 from torch import nn
 from transformers import AutoModelForCausalLM
-
-from conftest import assert_cached_decoding_matches_full_forward
 
 from sprout.infer.generate import SamplingConfig, generate
 from sprout.models import load_model, save_model
 from sprout.models.moe import MoEBlock, dispatch_naive, dispatch_sorted, moe_metrics, update_router_biases
 
 
-@pytest.mark.parametrize("opts", [
-    dict(score="softmax"),
-    dict(score="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5, use_bias=True,
-         shared_intermediate=16),
-    dict(score="softmax", shared_intermediate=16, shared_gated=True, norm_topk=False),
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(score="softmax"),
+        dict(
+            score="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5, use_bias=True, shared_intermediate=16
+        ),
+        dict(score="softmax", shared_intermediate=16, shared_gated=True, norm_topk=False),
+    ],
+)
 def test_sorted_dispatch_equals_a_per_token_loop(opts):
     torch.manual_seed(0)
     block = MoEBlock(32, 8, 3, 24, **opts).eval()
@@ -84,8 +88,8 @@ def test_moe_model_aux_loss_and_metrics():
 
 
 def tiny_moe(**kw):
-    from sprout.models import model_preset
-    from sprout.models import build_model
+    from sprout.models import build_model, model_preset
+
     torch.manual_seed(0)
     model = build_model(model_preset("tiny-moe", **kw)).eval()
     with torch.no_grad():
@@ -100,10 +104,13 @@ def test_kv_cache_decoding_equals_full_forward():
     assert_cached_decoding_matches_full_forward(model)
 
 
-@pytest.mark.parametrize("kw,arch", [
-    ({}, "Qwen3MoeForCausalLM"),
-    (dict(model_type="qwen2_moe", shared_expert_intermediate_size=48, mlp_only_layers=[0]), "Qwen2MoeForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "kw,arch",
+    [
+        ({}, "Qwen3MoeForCausalLM"),
+        (dict(model_type="qwen2_moe", shared_expert_intermediate_size=48, mlp_only_layers=[0]), "Qwen2MoeForCausalLM"),
+    ],
+)
 def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_path, kw, arch):
     model = tiny_moe(**kw)
     save_model(model, tmp_path)
@@ -114,14 +121,16 @@ def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_pa
         assert (model(x).logits - hf(x).logits).abs().max() < 1e-4
         assert (load_model(tmp_path)(x).logits - model(x).logits).abs().max() == 0
     prompt = x[:1, :10]
-    theirs = hf.generate(prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0,
-                         eos_token_id=None, pad_token_id=0)
+    theirs = hf.generate(
+        prompt, max_new_tokens=24, do_sample=False, repetition_penalty=1.0, eos_token_id=None, pad_token_id=0
+    )
     ours = generate(model, [prompt[0].tolist()], SamplingConfig(max_new_tokens=24, temperature=0, stop_token_ids=[]))
     assert ours[0] == theirs[0, 10:].tolist()
 
 
 def test_presets_match_minimind_sizes():
     from sprout.models import model_preset
+
     m2, m3 = model_preset("minimind2-moe"), model_preset("minimind3-moe")
     assert (m2.hidden_size, m2.num_hidden_layers, m2.num_experts, m2.num_experts_per_tok) == (640, 8, 4, 2)
     assert m2.shared_expert_intermediate_size > 0

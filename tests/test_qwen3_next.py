@@ -1,14 +1,13 @@
 """Qwen3-Next family: Gated DeltaNet (chunkwise == recurrent), hybrid cache decoding, interop with transformers
 (which runs its own pure-PyTorch fallback when flash-linear-attention / causal-conv1d are not installed)."""
+
 import pytest
 import torch
+from conftest import assert_cached_decoding_matches_full_forward
 from transformers import AutoModelForCausalLM
 
-from conftest import assert_cached_decoding_matches_full_forward
-
-from sprout.models import model_preset
 from sprout.infer.generate import SamplingConfig, generate
-from sprout.models import build_model, load_model, save_model
+from sprout.models import build_model, load_model, model_preset, save_model
 from sprout.models.qwen3_next import _l2norm, gated_delta_chunkwise, gated_delta_recurrent
 
 
@@ -16,7 +15,7 @@ from sprout.models.qwen3_next import _l2norm, gated_delta_chunkwise, gated_delta
 def test_chunkwise_and_recurrent_gated_delta_rule_agree(T, chunk, init):
     torch.manual_seed(T)
     B, H, dk, dv = 2, 3, 8, 6
-    q = _l2norm(torch.randn(B, H, T, dk)) / dk ** 0.5
+    q = _l2norm(torch.randn(B, H, T, dk)) / dk**0.5
     k = _l2norm(torch.randn(B, H, T, dk))
     v = torch.randn(B, H, T, dv)
     g = -torch.rand(B, H, T) * 3  # strong decay too (the chunk form must not divide underflowed products)
@@ -39,7 +38,7 @@ def tiny_next():
 
 def test_layer_pattern_is_three_linear_then_one_full():
     model = tiny_next()
-    assert [l.layer_type for l in model.model.layers] == ["linear_attention"] * 3 + ["full_attention"]
+    assert [layer.layer_type for layer in model.model.layers] == ["linear_attention"] * 3 + ["full_attention"]
 
 
 def test_recurrent_state_decoding_equals_full_forward():
@@ -64,7 +63,8 @@ def test_transformers_loads_our_folder_with_same_logits_and_greedy_tokens(tmp_pa
         assert (model(x).logits - hf(x).logits).abs().max() < 1e-4
         assert (load_model(tmp_path)(x).logits - model(x).logits).abs().max() == 0
     prompt = x[:1, :10]
-    theirs = hf.generate(prompt, max_new_tokens=16, do_sample=False, repetition_penalty=1.0,
-                         eos_token_id=None, pad_token_id=0)
+    theirs = hf.generate(
+        prompt, max_new_tokens=16, do_sample=False, repetition_penalty=1.0, eos_token_id=None, pad_token_id=0
+    )
     ours = generate(model, [prompt[0].tolist()], SamplingConfig(max_new_tokens=16, temperature=0, stop_token_ids=[]))
     assert ours[0] == theirs[0, 10:].tolist()

@@ -1,4 +1,5 @@
 """Reasoning data, thinking on/off prompts, and tag-token loss up-weighting."""
+
 from __future__ import annotations
 
 import torch

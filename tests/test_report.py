@@ -1,4 +1,5 @@
 """`sprout report`: a self-contained HTML page and markdown from a run folder."""
+
 import json
 import math
 import re
@@ -14,60 +15,150 @@ from sprout.eval.report import build_report, extra_series, find_stages, group_ke
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def _stage(folder: Path, stage: str, n: int = 60, extra=None, start: float = 8.0, end: float = 5.0,
-           preset: str = "cpu", seq_len: int = 256):
+def _stage(
+    folder: Path,
+    stage: str,
+    n: int = 60,
+    extra=None,
+    start: float = 8.0,
+    end: float = 5.0,
+    preset: str = "cpu",
+    seq_len: int = 256,
+):
     folder.mkdir(parents=True)
     rows = []
     for i in range(1, n + 1):
         t = i * 20480
-        row = {"step": i * 5, "tokens": t, "loss": end + (start - end) * math.exp(-i / 12) + 0.05 * math.sin(i),
-               "lr": 1e-3 * min(1, i / 5) * (0.55 + 0.45 * math.cos(math.pi * i / n)),
-               "grad_norm": 0.5 + 2 * math.exp(-i / 4), "tokens_per_s": 3000 + 100 * math.sin(i / 3),
-               "elapsed_s": i * 6.0, "epoch": i / 500}
+        row = {
+            "step": i * 5,
+            "tokens": t,
+            "loss": end + (start - end) * math.exp(-i / 12) + 0.05 * math.sin(i),
+            "lr": 1e-3 * min(1, i / 5) * (0.55 + 0.45 * math.cos(math.pi * i / n)),
+            "grad_norm": 0.5 + 2 * math.exp(-i / 4),
+            "tokens_per_s": 3000 + 100 * math.sin(i / 3),
+            "elapsed_s": i * 6.0,
+            "epoch": i / 500,
+        }
         row["ce"] = row["loss"]
         row.update((extra or (lambda i: {}))(i))
         rows.append(row)
         if i % 20 == 0:
-            rows.append({"step": i * 5, "split": "val", "tokens": t, "elapsed_s": i * 6.0,
-                         "val_loss": row["loss"] + 0.1, "val_ppl": math.exp(row["loss"] + 0.1)})
+            rows.append(
+                {
+                    "step": i * 5,
+                    "split": "val",
+                    "tokens": t,
+                    "elapsed_s": i * 6.0,
+                    "val_loss": row["loss"] + 0.1,
+                    "val_ppl": math.exp(row["loss"] + 0.1),
+                }
+            )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "config.yaml").write_text(f"stage: {stage}\npreset: {preset}\nseq_len: {seq_len}\nlr: 0.001\n"
-                                        "grad_clip: 1.0\n")
+    (folder / "config.yaml").write_text(
+        f"stage: {stage}\npreset: {preset}\nseq_len: {seq_len}\nlr: 0.001\ngrad_clip: 1.0\n"
+    )
     meta = folder / "tokenized" / stage
     meta.mkdir(parents=True)
-    (meta / "meta.json").write_text(json.dumps({"kind": stage, "source": "data/x.jsonl (1 file)",
-                                                "train": {"tokens": 123456, "docs": 789},
-                                                "val": {"tokens": 1234, "docs": 7}, "skipped": 0}))
+    (meta / "meta.json").write_text(
+        json.dumps(
+            {
+                "kind": stage,
+                "source": "data/x.jsonl (1 file)",
+                "train": {"tokens": 123456, "docs": 789},
+                "val": {"tokens": 1234, "docs": 7},
+                "skipped": 0,
+            }
+        )
+    )
 
 
 def _speedrun_like(root: Path) -> Path:
     """pretrain (MoE load per layer), sft, dpo (rewards/...) stages and a speedrun-style eval.json."""
-    _stage(root / "pretrain", "pretrain", extra=lambda i: {
-        "aux_loss": 0.01 + 0.001 * math.sin(i), "moe_load_maxmin": 1 + 2 * math.exp(-i / 10),
-        **{f"moe_load_layer{k}": 0.25 + 0.01 * k * math.sin(i) for k in range(4)}})
+    _stage(
+        root / "pretrain",
+        "pretrain",
+        extra=lambda i: {
+            "aux_loss": 0.01 + 0.001 * math.sin(i),
+            "moe_load_maxmin": 1 + 2 * math.exp(-i / 10),
+            **{f"moe_load_layer{k}": 0.25 + 0.01 * k * math.sin(i) for k in range(4)},
+        },
+    )
     _stage(root / "sft", "sft", start=6.3, end=5.0)
-    _stage(root / "dpo", "dpo", n=30, start=0.69, end=0.4, extra=lambda i: {
-        "rewards/chosen": 0.02 * i, "rewards/rejected": -0.03 * i, "rewards/margin": 0.05 * i,
-        "rewards/accuracy": min(1, 0.5 + i / 60)})
-    ev = {"val_loss": {"base": {"loss": 6.4, "ppl": 604.6, "tokens": 72078},
-                       "chat": {"loss": 4.97, "ppl": 144.5, "tokens": 72078}},
-          "choice": [{"task": "insuranceqa-zh", "method": "pmi", "accuracy": 0.481, "ci95": [0.405, 0.558],
-                      "correct": 77, "total": 160, "chance": 0.25},
-                     {"task": "idiom-zh", "method": "mean", "accuracy": 0.3, "ci95": [0.2, 0.4],
-                      "correct": 30, "total": 100, "chance": 0.25}],
-          "samples": [{"lang": "zh", "question": "你好，请介绍一下你自己。", "answer": "我是一个<小>模型。",
-                       "answer_lang": "zh", "repeated_4gram_rate": 0.0, "tokens": 9, "finished": True}],
-          "timings": {"pretrain_s": 420.0, "sft_s": 360.0, "total_s": 900.0}}
+    _stage(
+        root / "dpo",
+        "dpo",
+        n=30,
+        start=0.69,
+        end=0.4,
+        extra=lambda i: {
+            "rewards/chosen": 0.02 * i,
+            "rewards/rejected": -0.03 * i,
+            "rewards/margin": 0.05 * i,
+            "rewards/accuracy": min(1, 0.5 + i / 60),
+        },
+    )
+    ev = {
+        "val_loss": {
+            "base": {"loss": 6.4, "ppl": 604.6, "tokens": 72078},
+            "chat": {"loss": 4.97, "ppl": 144.5, "tokens": 72078},
+        },
+        "choice": [
+            {
+                "task": "insuranceqa-zh",
+                "method": "pmi",
+                "accuracy": 0.481,
+                "ci95": [0.405, 0.558],
+                "correct": 77,
+                "total": 160,
+                "chance": 0.25,
+            },
+            {
+                "task": "idiom-zh",
+                "method": "mean",
+                "accuracy": 0.3,
+                "ci95": [0.2, 0.4],
+                "correct": 30,
+                "total": 100,
+                "chance": 0.25,
+            },
+        ],
+        "samples": [
+            {
+                "lang": "zh",
+                "question": "你好，请介绍一下你自己。",
+                "answer": "我是一个<小>模型。",
+                "answer_lang": "zh",
+                "repeated_4gram_rate": 0.0,
+                "tokens": 9,
+                "finished": True,
+            }
+        ],
+        "timings": {"pretrain_s": 420.0, "sft_s": 360.0, "total_s": 900.0},
+    }
     (root / "eval.json").write_text(json.dumps(ev, ensure_ascii=False))
     return root
 
 
 def test_group_keys_and_extra_series():
-    g = group_keys(["rewards/chosen", "rewards/margin", "reward_format", "reward", "moe_load_layer0",
-                    "moe_load_layer1", "moe_load_maxmin", "aux_loss"])
-    assert g == {"rewards": ["rewards/chosen", "rewards/margin"], "reward": ["reward_format", "reward"],
-                 "moe_load_layer": ["moe_load_layer0", "moe_load_layer1"], "moe_load_maxmin": ["moe_load_maxmin"],
-                 "aux_loss": ["aux_loss"]}
+    g = group_keys(
+        [
+            "rewards/chosen",
+            "rewards/margin",
+            "reward_format",
+            "reward",
+            "moe_load_layer0",
+            "moe_load_layer1",
+            "moe_load_maxmin",
+            "aux_loss",
+        ]
+    )
+    assert g == {
+        "rewards": ["rewards/chosen", "rewards/margin"],
+        "reward": ["reward_format", "reward"],
+        "moe_load_layer": ["moe_load_layer0", "moe_load_layer1"],
+        "moe_load_maxmin": ["moe_load_maxmin"],
+        "aux_loss": ["aux_loss"],
+    }
     train = [{"step": 1, "loss": 2.0, "ce": 2.0, "kl": 0.1}, {"step": 2, "loss": 1.5, "ce": 1.5, "kl": 0.2}]
     val = [{"split": "val", "val_loss": 1.6, "val_kl": 0.3}]
     assert extra_series(train, val) == {"kl": ["kl"]}  # ce == loss is not repeated; val_kl rides with kl
@@ -102,9 +193,10 @@ def test_report_is_self_contained_with_plots_and_eval_table(tmp_path):
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(pngs) == 5  # loss/lr/grad/throughput per stage + other metrics for pretrain (MoE) and dpo (rewards)
     import base64
+
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "<th>task</th><th>scoring</th><th>accuracy</th><th>95% CI</th>" in page
-    assert "<td>idiom-zh</td><td>mean</td><td class=\"num\">30.0%</td><td>20.0%–40.0%</td>" in page
+    assert '<td>idiom-zh</td><td>mean</td><td class="num">30.0%</td><td>20.0%–40.0%</td>' in page
     assert "我是一个&lt;小&gt;模型。" in page  # samples escaped
     assert "reference train (cpu recipe)" not in page  # labels live inside the PNGs, checked below
     md = md_path.read_text()
@@ -123,10 +215,24 @@ def _chromium() -> str | None:
 
 def _screenshot(url: str, png: Path, size: str = "1280,2400") -> None:
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                        f"--screenshot={png}", f"--window-size={size}", url],
-                       check=True, timeout=120, capture_output=True)
+        subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                f"--window-size={size}",
+                url,
+            ],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
 
 
 @pytest.mark.browser
@@ -138,8 +244,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
     _screenshot(html_path.resolve().as_uri(), shot)
-    _screenshot((run / "report_files" / "dpo_metrics.png").resolve().as_uri(), ARTIFACTS / "report_dpo_metrics.png",
-                "1100,800")
+    _screenshot(
+        (run / "report_files" / "dpo_metrics.png").resolve().as_uri(), ARTIFACTS / "report_dpo_metrics.png", "1100,800"
+    )
     from PIL import Image
 
     with Image.open(shot) as im:
@@ -158,9 +265,21 @@ def test_report_sections_come_from_the_objectives_own_description(tmp_path):
     run = tmp_path / "post"
     for stage in ("tools", "reasoning"):  # tools first: alphabetical order would put it last
         seq_len = 1024 if stage == "tools" else 128  # a tools conversation lists the tools: ~500 tokens
-        train(TrainConfig(stage=stage, preset="tiny", out=str(run / stage), max_steps=3, seq_len=seq_len,
-                          batch_size=2, log_every=1, eval_every=0, save_every=0, val_fraction=0.1,
-                          objective_args={"n": 40, "tag_weight": 3.0}))
+        train(
+            TrainConfig(
+                stage=stage,
+                preset="tiny",
+                out=str(run / stage),
+                max_steps=3,
+                seq_len=seq_len,
+                batch_size=2,
+                log_every=1,
+                eval_every=0,
+                save_every=0,
+                val_fraction=0.1,
+                objective_args={"n": 40, "tag_weight": 3.0},
+            )
+        )
     assert list(find_stages(run)) == ["tools", "reasoning"]
     html_path, md_path = build_report(run, reference=False)
     md = md_path.read_text()

@@ -1,5 +1,6 @@
 """RL: losses on hand-computed tensors, GRPO against TRL's own loss code, rewards, rollout masks,
 the reward model read back by transformers, rollouts from sprout serve's app, and exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -56,15 +57,32 @@ def test_grpo_loss_by_hand() -> None:
 def _trl_stub(loss_type: str, beta: float, eps_high: float, logps: torch.Tensor, T: int):
     """The attributes GRPOTrainer._compute_loss reads, for one process, no accumulation; the model's
     per-token log-probs are handed in directly."""
-    acc = SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x,
-                          reduce=lambda x, reduction="sum": x, num_processes=1, sync_gradients=True)
+    acc = SimpleNamespace(
+        gather=lambda x: x,
+        gather_for_metrics=lambda x: x,
+        reduce=lambda x, reduction="sum": x,
+        num_processes=1,
+        sync_gradients=True,
+    )
     return SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
         args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
-        loss_type=loss_type, epsilon_low=0.2, epsilon_high=eps_high, use_vllm=False,
-        model=SimpleNamespace(training=True), current_gradient_accumulation_steps=1, max_completion_length=T,
-        _entropy_bonus_enabled=False, aux_loss_enabled=False, _metrics={"train": defaultdict(list)}, accelerator=acc)
+        loss_type=loss_type,
+        epsilon_low=0.2,
+        epsilon_high=eps_high,
+        use_vllm=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=T,
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+        _metrics={"train": defaultdict(list)},
+        accelerator=acc,
+    )
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "cispo"])
@@ -82,15 +100,31 @@ def test_grpo_loss_equals_trl(loss_type: str) -> None:
     eps_high = 1.3 if loss_type == "cispo" else 0.28
 
     ours_in = base.clone().requires_grad_(True)
-    ours, _ = grpo_loss(ours_in, old, ref, adv, mask, beta=0.04, epsilon_low=0.2, epsilon_high=eps_high,
-                        loss_type=loss_type, max_completion_length=T)
+    ours, _ = grpo_loss(
+        ours_in,
+        old,
+        ref,
+        adv,
+        mask,
+        beta=0.04,
+        epsilon_low=0.2,
+        epsilon_high=eps_high,
+        loss_type=loss_type,
+        max_completion_length=T,
+    )
     ours.backward()
 
     trl_in = base.clone().requires_grad_(True)
-    inputs = {"prompt_ids": torch.ones(N, 2, dtype=torch.long), "prompt_mask": torch.ones(N, 2, dtype=torch.long),
-              "completion_ids": torch.ones(N, T, dtype=torch.long), "completion_mask": mask,
-              "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
-              "num_items_in_batch": mask.sum()}
+    inputs = {
+        "prompt_ids": torch.ones(N, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(N, 2, dtype=torch.long),
+        "completion_ids": torch.ones(N, T, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": mask.sum(),
+    }
     theirs = trl_grpo.GRPOTrainer._compute_loss(_trl_stub(loss_type, 0.04, eps_high, trl_in, T), None, inputs)
     theirs.backward()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-7)
@@ -178,25 +212,35 @@ def test_agent_rollout_runs_the_tool_and_masks_its_output() -> None:
 
     tok = Tokenizer.load(default_tokenizer_dir())
     call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "128 * 37"}}\n</tool_call>'
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "128*37?"}], add_generation_prompt=True,
-                                                enable_thinking=False))
-    traj, = agent_rollouts(_Scripted(tok, [call, "The answer is 4736."]), tok, [prompt],
-                           SamplingConfig(stop_token_ids=tok.stop_ids), 1)
+    prompt = tok.encode(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "128*37?"}], add_generation_prompt=True, enable_thinking=False
+        )
+    )
+    (traj,) = agent_rollouts(
+        _Scripted(tok, [call, "The answer is 4736."]), tok, [prompt], SamplingConfig(stop_token_ids=tok.stop_ids), 1
+    )
     assert traj.tool_calls == 1 and traj.final_text == "The answer is 4736."
     (gen1, own1), (tool, own2), (gen2, own3) = traj.pieces
     assert (own1, own2, own3) == (True, False, True)
     assert tok.decode(tool) == tool_turn_text(["4736"])  # the real calculator's output was fed back
     # the whole rollout is token for token what the chat template renders for this conversation
-    conv = [{"role": "user", "content": "128*37?"},
-            {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator",
-                                                                 "arguments": {"expression": "128 * 37"}}]},
-            {"role": "tool", "content": "4736"}, {"role": "assistant", "content": "The answer is 4736."}]
+    conv = [
+        {"role": "user", "content": "128*37?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"name": "calculator", "arguments": {"expression": "128 * 37"}}],
+        },
+        {"role": "tool", "content": "4736"},
+        {"role": "assistant", "content": "The answer is 4736."},
+    ]
     assert tok.decode(traj.ids()) == tok.apply_chat_template(conv).rstrip("\n")
     batch = pack([traj, Trajectory(prompt[:3], [([5, 6], True)])], pad_id=0)
     m = batch["loss_mask"]
     start = len(prompt)
-    assert m[0, start - 1:start - 1 + len(gen1)].eq(1).all()
-    assert m[0, start - 1 + len(gen1):start - 1 + len(gen1) + len(tool)].eq(0).all()
+    assert m[0, start - 1 : start - 1 + len(gen1)].eq(1).all()
+    assert m[0, start - 1 + len(gen1) : start - 1 + len(gen1) + len(tool)].eq(0).all()
     assert m[0].sum() == len(gen1) + len(gen2)
     assert m[1].tolist()[:4] == [0, 0, 1, 1] and m[1].sum() == 2  # padding is never a target
 
@@ -260,8 +304,10 @@ def test_reward_model_folder_loads_in_transformers(tmp_path: Path) -> None:
     rm = RewardModel(load_model(tmp_path / "lm")).eval()
     rm.save(tmp_path / "rm")
     tok.save(tmp_path / "rm")
-    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
-             [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]]
+    convs = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+    ]
     ids = [tok.encode(tok.apply_chat_template(c)) for c in convs]
     T = max(map(len, ids))
     x = torch.tensor([i + [0] * (T - len(i)) for i in ids])
@@ -293,16 +339,41 @@ def rl_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("stage", ["grpo", "ppo", "spo", "agent"])
 def test_rl_stop_and_resume_matches_uninterrupted(stage: str, rl_models: dict, tmp_path: Path) -> None:
-    args = {"task": "add", "tools": "none", "n_prompts": 16, "val_prompts": 2, "max_new_tokens": 6,
-            "group_size": 2, "reward_model": str(rl_models["rm"]), "rewards": {"model": 1.0}, "kl_coef": 0.1,
-            "ppo_epochs": 2, "minibatches": 2, "target_kl": 100.0}
+    args = {
+        "task": "add",
+        "tools": "none",
+        "n_prompts": 16,
+        "val_prompts": 2,
+        "max_new_tokens": 6,
+        "group_size": 2,
+        "reward_model": str(rl_models["rm"]),
+        "rewards": {"model": 1.0},
+        "kl_coef": 0.1,
+        "ppo_epochs": 2,
+        "minibatches": 2,
+        "target_kl": 100.0,
+    }
     if stage == "agent":
         args.update(task="calc", tools="needed")
 
     def cfg(out: Path, **kw) -> TrainConfig:
-        return TrainConfig(stage=stage, model=str(rl_models["policy"]), out=str(out), seq_len=512, batch_size=2,
-                           max_steps=6, eval_every=0, log_every=1, save_every=0, lr=1e-3, seed=3, device="cpu",
-                           dtype="fp32", objective_args=dict(args), **kw)
+        return TrainConfig(
+            stage=stage,
+            model=str(rl_models["policy"]),
+            out=str(out),
+            seq_len=512,
+            batch_size=2,
+            max_steps=6,
+            eval_every=0,
+            log_every=1,
+            save_every=0,
+            lr=1e-3,
+            seed=3,
+            device="cpu",
+            dtype="fp32",
+            objective_args=dict(args),
+            **kw,
+        )
 
     straight = tmp_path / "straight"
     train(cfg(straight))

@@ -1,9 +1,10 @@
 """RoPE scaling (linear / NTK / YaRN) applied at inference."""
+
 import torch
+from conftest import tiny_model
 from transformers import Qwen3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from conftest import tiny_model
 from sprout.models import apply_rope_scaling
 from sprout.models.rope import scaled_inv_freq
 
@@ -24,8 +25,9 @@ def test_linear_and_yarn_frequencies_match_transformers():
         params = {"rope_type": kind, "rope_theta": 1e6, "factor": 4.0}
         if kind == "yarn":
             params["original_max_position_embeddings"] = 128
-        cfg = Qwen3Config(hidden_size=64, num_attention_heads=4, head_dim=32, max_position_embeddings=512,
-                          rope_parameters=params)
+        cfg = Qwen3Config(
+            hidden_size=64, num_attention_heads=4, head_dim=32, max_position_embeddings=512, rope_parameters=params
+        )
         inv, att = ROPE_INIT_FUNCTIONS[kind](cfg, "cpu")
         ours, our_att = scaled_inv_freq(32, 1e6, kind, 4.0, 128)
         assert torch.allclose(ours, inv.float(), rtol=1e-6) and abs(our_att - att) < 1e-6

@@ -5,6 +5,7 @@ noise, so tests that need particular output (tool calls, a think block) replace 
 token sampler with a script of token ids: everything after sampling — the batch engine, text
 decoding, <think>/<tool_call> parsing, the HTTP/SSE formats and the client — is the real path.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 import uvicorn  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 
 from sprout.infer.engine_batch import BatchEngine, GenRequest  # noqa: E402
 from sprout.infer.generate import SamplingConfig, generate  # noqa: E402
@@ -28,8 +30,6 @@ from sprout.infer.server import ModelRegistry, ServeSettings, create_app  # noqa
 from sprout.infer.toolparse import OutputParser, parse_output  # noqa: E402
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir  # noqa: E402
 from sprout.tokenizer_chat import EMPTY_THINK  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
 
 KEY = "test-key"
 USER = [{"role": "user", "content": "Hello, who are you?"}]
@@ -57,8 +57,9 @@ def _free_port() -> int:
 def server():
     torch.set_num_threads(1)
     tok = Tokenizer.load(default_tokenizer_dir())
-    settings = ServeSettings(api_key=KEY, max_tokens_cap=64, default_max_tokens=16, max_concurrent=4,
-                             max_batch=8, request_timeout=30)
+    settings = ServeSettings(
+        api_key=KEY, max_tokens_cap=64, default_max_tokens=16, max_concurrent=4, max_batch=8, request_timeout=30
+    )
     registry = ModelRegistry(settings)
     registry.add("tiny", lively_model(0, tok.vocab_size), tok)
     registry.add("tiny-b", lively_model(1, tok.vocab_size), tok)
@@ -72,8 +73,12 @@ def server():
             break
         time.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
-    yield {"base": base, "registry": registry, "tok": tok,
-           "client": openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=30)}
+    yield {
+        "base": base,
+        "registry": registry,
+        "tok": tok,
+        "client": openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=30),
+    }
     srv.should_exit = True
     th.join(timeout=10)
 
@@ -100,8 +105,10 @@ def _chat(client, **kw):
 
 # ---- parsing (fixed text) ---------------------------------------------------------------------------
 def test_parse_output_splits_thinking_content_and_tool_calls():
-    text = ('<think>\nCheck the weather.\n</think>\n\nLet me look.\n<tool_call>\n'
-            '{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>')
+    text = (
+        "<think>\nCheck the weather.\n</think>\n\nLet me look.\n<tool_call>\n"
+        '{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>'
+    )
     reasoning, content, calls = parse_output(text, thinking=True)
     assert reasoning == "Check the weather."
     assert content == "Let me look."
@@ -153,16 +160,24 @@ def test_stream_equals_non_stream(server):
         assert finals == [full.choices[0].finish_reason]
         assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     # Raw SSE ends with [DONE].
-    with httpx.stream("POST", server["base"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": "tiny", "messages": USER, "stream": True, "max_tokens": 3}) as r:
+    with httpx.stream(
+        "POST",
+        server["base"] + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "tiny", "messages": USER, "stream": True, "max_tokens": 3},
+    ) as r:
         lines = [ln for ln in r.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
 
 
 def test_multi_turn_renders_history(server):
     tok = server["tok"]
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "What is 2+2?"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     r = _chat(server["client"], messages=msgs, temperature=0, max_tokens=4)
     expected = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=False))
     assert r.usage.prompt_tokens == len(expected)
@@ -187,15 +202,27 @@ def test_completions_endpoint(server):
     r = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
     assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
     assert r.usage.prompt_tokens == len(server["tok"].encode("Once upon a time"))
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
+        )
+        if ch.choices
+    )
     assert streamed == r.choices[0].text
 
 
 # ---- tools and thinking (scripted sampler) ------------------------------------------------------------
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                            "parameters": {"type": "object",
-                                                           "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def test_tool_calls(server, script):
@@ -215,11 +242,15 @@ def test_tool_calls(server, script):
     # Streaming delivers the same call.
     chunks = list(_chat(server["client"], messages=msgs, tools=TOOLS, temperature=0, max_tokens=48, stream=True))
     calls = [tc for ch in chunks for tc in (ch.choices[0].delta.tool_calls or [])]
-    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [("get_weather", {"city": "Paris"})]
+    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     # The tool result goes back in as the next turn (multi-turn with tools renders and runs).
-    follow = msgs + [choice.message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'}]
+    follow = msgs + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+    ]
     script("It is 21 degrees.")
     r2 = _chat(server["client"], messages=follow, tools=TOOLS, temperature=0)
     assert r2.choices[0].message.content == "It is 21 degrees." and r2.choices[0].finish_reason == "stop"
@@ -230,8 +261,11 @@ def test_thinking_on_and_off(server, script):
     on = _chat(server["client"], temperature=0, extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     assert on.choices[0].message.reasoning_content == "The user greets me."
     assert on.choices[0].message.content == "Hello there."
-    chunks = list(_chat(server["client"], temperature=0, stream=True,
-                        extra_body={"chat_template_kwargs": {"enable_thinking": True}}))
+    chunks = list(
+        _chat(
+            server["client"], temperature=0, stream=True, extra_body={"chat_template_kwargs": {"enable_thinking": True}}
+        )
+    )
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user greets me."
     assert "".join(d.content or "" for d in deltas) == "Hello there."
@@ -258,10 +292,16 @@ def test_errors(server):
     c = server["client"]
     _assert_error(httpx.post(base + "/v1/chat/completions", content=b"{not json", headers=h), 400)
     _assert_error(httpx.post(base + "/v1/chat/completions", json={"model": "tiny"}, headers=h), 400, "messages")
-    _assert_error(httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]},
-                             headers=h), 400, "messages")
-    _assert_error(httpx.post(base + "/v1/chat/completions", json={"messages": USER, "temperature": "hot"},
-                             headers=h), 400, "temperature")
+    _assert_error(
+        httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]}, headers=h),
+        400,
+        "messages",
+    )
+    _assert_error(
+        httpx.post(base + "/v1/chat/completions", json={"messages": USER, "temperature": "hot"}, headers=h),
+        400,
+        "temperature",
+    )
     _assert_error(httpx.post(base + "/v1/chat/completions", json={"messages": USER}), 401)
     _assert_error(httpx.get(base + "/v1/nothing-here", headers=h), 404)
     with pytest.raises(openai.BadRequestError) as e:

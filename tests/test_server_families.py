@@ -3,6 +3,7 @@ deepseek_v3, qwen3_next) behind the real server, driven with the official `opena
 the streamed answer equals the non-streamed one, and 4 concurrent requests that join the batch at different
 moments (rows added mid-decode, merged at different lengths, removed when done) each get exactly the tokens
 they get alone and from generate()."""
+
 from __future__ import annotations
 
 import socket
@@ -16,12 +17,12 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
+from conftest import FAMILIES, tiny_family_model  # noqa: E402
+
 from sprout.infer.engine_batch import BatchEngine  # noqa: E402
 from sprout.infer.generate import SamplingConfig, generate  # noqa: E402
 from sprout.infer.server import ModelRegistry, ServeSettings, create_app  # noqa: E402
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir  # noqa: E402
-
-from conftest import FAMILIES, tiny_family_model  # noqa: E402
 
 KEY = "test-key"
 PROMPTS = ["Hi", "Tell me a long story about a dragon and a knight", "1 2 3", "你好,今天天气怎么样?"]
@@ -42,16 +43,18 @@ def lively(family: str, vocab_size: int):
 def served():
     torch.set_num_threads(1)
     tok = Tokenizer.load(default_tokenizer_dir())
-    settings = ServeSettings(api_key=KEY, max_tokens_cap=64, default_max_tokens=16, max_concurrent=8,
-                             max_batch=8, request_timeout=60)
+    settings = ServeSettings(
+        api_key=KEY, max_tokens_cap=64, default_max_tokens=16, max_concurrent=8, max_batch=8, request_timeout=60
+    )
     registry = ModelRegistry(settings)
     for family in FAMILIES:
         registry.add(family, lively(family, tok.vocab_size), tok)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(registry, settings), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(registry, settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     for _ in range(500):
@@ -67,13 +70,16 @@ def served():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_streamed_answer_equals_the_non_streamed_one(served, family):
     c = served["client"]
-    kw = {"model": family, "messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": MAX_TOKENS,
-          "temperature": 0}
+    kw = {
+        "model": family,
+        "messages": [{"role": "user", "content": PROMPTS[1]}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+    }
     whole = c.chat.completions.create(**kw)
     text = whole.choices[0].message.content
     assert whole.usage.completion_tokens >= 8 and len(set(text)) > 3  # not trivially empty or one token
-    pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
-              if ch.choices]
+    pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw) if ch.choices]
     assert "".join(pieces) == text
 
 

@@ -1,4 +1,5 @@
 """Long runs (pytest -m slow): every model family pretrains from the command line with a falling loss."""
+
 import json
 
 import pytest
@@ -17,8 +18,26 @@ def corpus(tmp_path_factory):
 @pytest.mark.parametrize("preset", ["cpu", "cpu-moe", "cpu-deepseekv3", "cpu-qwen3-next"])
 def test_family_pretrains_with_falling_loss(tmp_path, corpus, preset):
     out = tmp_path / preset
-    main(["train", "pretrain", "--data", str(corpus), "--preset", preset, "--out", str(out), "--max-steps", "60",
-          "seq_len=128", "batch_size=8", "lr=3e-3", "log_every=5", "eval_every=1000", "save_every=1000"])
+    main(
+        [
+            "train",
+            "pretrain",
+            "--data",
+            str(corpus),
+            "--preset",
+            preset,
+            "--out",
+            str(out),
+            "--max-steps",
+            "60",
+            "seq_len=128",
+            "batch_size=8",
+            "lr=3e-3",
+            "log_every=5",
+            "eval_every=1000",
+            "save_every=1000",
+        ]
+    )
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
     # a broken run stays near ln(6400) = 8.76 or rises; 60 healthy steps fall by about 1 nat

@@ -1,4 +1,5 @@
 """Tokenizer: special ids, round trips, transformers compatibility, chat template parity, loss mask."""
+
 from __future__ import annotations
 
 import copy
@@ -8,14 +9,26 @@ from pathlib import Path
 import pytest
 
 from sprout.tokenizer import (
-    SPECIAL_TOKENS, Tokenizer, default_tokenizer_dir, normalize_record, render_chat, train_tokenizer,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    default_tokenizer_dir,
+    normalize_record,
+    render_chat,
+    train_tokenizer,
     train_tokenizer_from_files,
 )
 
 FORMATS = Path("/work/shared/formats")
-TOOLS = [{"type": "function", "function": {
-    "name": "search", "description": "搜索保险条款 (search policy terms)",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "搜索保险条款 (search policy terms)",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        },
+    }
+]
 MIXED = "保险是一种风险转移的工具。A term life policy pays a benefit 😀 <think>想一想</think> 128*37=4736<|im_end|>"
 
 SENTENCES = [
@@ -25,7 +38,9 @@ SENTENCES = [
     "What's the weather in Hangzhou? Light rain and 14 degrees right now.",
     '{"name": "get_weather", "arguments": {"city": "Hangzhou"}}',
 ]
-WORDS = "policy premium claim coverage insurer deductible benefit annuity rider 保险 保费 理赔 免赔额 受益人 合同".split()
+WORDS = (
+    "policy premium claim coverage insurer deductible benefit annuity rider 保险 保费 理赔 免赔额 受益人 合同".split()
+)
 # Varied word combinations give the trainer enough distinct pairs to reach the requested vocab size.
 CORPUS = SENTENCES * 10 + [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 9)) for i in range(200)]
 
@@ -50,25 +65,58 @@ def conversations() -> list[tuple[list[dict], list[dict] | None]]:
     """(messages, tools) covering every branch of the template."""
     convs: list[tuple[list[dict], list[dict] | None]] = [
         ([{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}], None),
-        ([{"role": "system", "content": "You are concise."}, {"role": "user", "content": "Hi"},
-          {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "再见"},
-          {"role": "assistant", "content": "再见！"}], None),
-        ([{"role": "user", "content": "3×7?"},
-          {"role": "assistant", "reasoning_content": "\n3 × 7 = 21。\n", "content": "等于 21。"}], None),
+        (
+            [
+                {"role": "system", "content": "You are concise."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "再见"},
+                {"role": "assistant", "content": "再见！"},
+            ],
+            None,
+        ),
+        (
+            [
+                {"role": "user", "content": "3×7?"},
+                {"role": "assistant", "reasoning_content": "\n3 × 7 = 21。\n", "content": "等于 21。"},
+            ],
+            None,
+        ),
         # Tools without a system message; two calls (plain and OpenAI style, string and dict arguments);
         # two consecutive tool results; a final answer.
-        ([{"role": "user", "content": "查一下免赔额和保费"},
-          {"role": "assistant", "content": "", "reasoning_content": "需要查两次。", "tool_calls": [
-              {"name": "search", "arguments": {"query": "免赔额"}},
-              {"type": "function", "function": {"name": "search", "arguments": '{"query": "保费"}'}}]},
-          {"role": "tool", "content": "免赔额：自付部分"},
-          {"role": "tool", "content": {"result": "保费：按月缴纳"}},
-          {"role": "assistant", "content": "查到了。"}], TOOLS),
+        (
+            [
+                {"role": "user", "content": "查一下免赔额和保费"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "reasoning_content": "需要查两次。",
+                    "tool_calls": [
+                        {"name": "search", "arguments": {"query": "免赔额"}},
+                        {"type": "function", "function": {"name": "search", "arguments": '{"query": "保费"}'}},
+                    ],
+                },
+                {"role": "tool", "content": "免赔额：自付部分"},
+                {"role": "tool", "content": {"result": "保费：按月缴纳"}},
+                {"role": "assistant", "content": "查到了。"},
+            ],
+            TOOLS,
+        ),
         # Content before a tool call; system message merged with the tool block; None content.
-        ([{"role": "system", "content": "你可以调用工具。"}, {"role": "user", "content": "search"},
-          {"role": "assistant", "content": "Let me look.", "tool_calls": [
-              {"type": "function", "function": {"name": "search", "arguments": {"query": "x"}}}]},
-          {"role": "tool", "content": "nothing"}, {"role": "assistant", "content": None}], TOOLS),
+        (
+            [
+                {"role": "system", "content": "你可以调用工具。"},
+                {"role": "user", "content": "search"},
+                {
+                    "role": "assistant",
+                    "content": "Let me look.",
+                    "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "x"}}}],
+                },
+                {"role": "tool", "content": "nothing"},
+                {"role": "assistant", "content": None},
+            ],
+            TOOLS,
+        ),
     ]
     for path in sorted(FORMATS.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -91,9 +139,16 @@ def test_special_token_ids(tok: Tokenizer) -> None:
     assert tok.decode(ids, skip_special_tokens=True) == "<think>x</think><tool_call>{}</tool_call>"
 
 
-@pytest.mark.parametrize("text", [
-    MIXED, "", " leading and trailing  ", "生僻字：龘靐齉 emoji: 🧪👩‍🔬 tabs\tand\nnewlines\r\n", "x" * 300,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        MIXED,
+        "",
+        " leading and trailing  ",
+        "生僻字：龘靐齉 emoji: 🧪👩‍🔬 tabs\tand\nnewlines\r\n",
+        "x" * 300,
+    ],
+)
 def test_round_trip(tok: Tokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text)) == text
 
@@ -104,7 +159,10 @@ def test_digits_are_split(tok: Tokenizer) -> None:
 
 def test_save_load(tok: Tokenizer, saved_dir: Path) -> None:
     assert {p.name for p in saved_dir.iterdir()} >= {
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     config = json.loads((saved_dir / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|im_end|>" and config["pad_token"] == "<|endoftext|>"
     assert config["bos_token"] is None and config["clean_up_tokenization_spaces"] is False
@@ -134,11 +192,12 @@ def test_chat_template_matches_transformers(tok: Tokenizer, hf, gen: bool, think
 def test_chat_layout(tok: Tokenizer) -> None:
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert tok.apply_chat_template(msgs) == (
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nyo<|im_end|>\n")
-    assert tok.apply_chat_template(msgs[:1], add_generation_prompt=True).endswith(
-        "<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nyo<|im_end|>\n"
+    )
+    assert tok.apply_chat_template(msgs[:1], add_generation_prompt=True).endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert tok.apply_chat_template(msgs[:1], add_generation_prompt=True, enable_thinking=False).endswith(
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     text = tok.apply_chat_template(*conversations()[3])
     assert '<tool_call>\n{"name": "search", "arguments": {"query": "免赔额"}}\n</tool_call>\n<tool_call>' in text
     assert "<tool_response>\n免赔额：自付部分\n</tool_response>\n<tool_response>" in text
@@ -151,8 +210,16 @@ def test_normalize_record() -> None:
     assert tools[0]["function"]["name"] == "get_weather"
     assert all("tools" not in m for m in messages)
     assert messages[2]["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Hangzhou"}}]
-    openai = {"messages": [{"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}], "tools": json.dumps(TOOLS)}
+    openai = {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+            }
+        ],
+        "tools": json.dumps(TOOLS),
+    }
     messages, tools = normalize_record(openai)
     assert messages == [{"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {"a": 1}}]}]
     assert tools == TOOLS

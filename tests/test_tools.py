@@ -1,11 +1,11 @@
 """Tools: the calculator parser (no eval), units, dates, call parsing, built-in data, chat execution."""
+
 from __future__ import annotations
 
 import io
 import json
 
 import pytest
-import torch
 
 from sprout.tools import parse_tool_calls, run_tool, tool_specs
 from sprout.tools.calculator import CalcError, evaluate
@@ -13,9 +13,24 @@ from sprout.tools.dates import date_calc
 from sprout.tools.units import convert
 
 
-@pytest.mark.parametrize("expr,value", [("1+2*3", 7), ("(1+2)*3", 9), ("2**3**2", 512), ("-2**2", -4),
-                                        ("7/2", 3.5), ("7//2", 3), ("7 % 4", 3), ("2^10", 1024), ("sqrt(16)+1", 5),
-                                        ("0.1+0.2", 0.3), ("12 × 3 ÷ 4", 9), ("-(3-5)", 2), ("347 * 29", 10063)])
+@pytest.mark.parametrize(
+    "expr,value",
+    [
+        ("1+2*3", 7),
+        ("(1+2)*3", 9),
+        ("2**3**2", 512),
+        ("-2**2", -4),
+        ("7/2", 3.5),
+        ("7//2", 3),
+        ("7 % 4", 3),
+        ("2^10", 1024),
+        ("sqrt(16)+1", 5),
+        ("0.1+0.2", 0.3),
+        ("12 × 3 ÷ 4", 9),
+        ("-(3-5)", 2),
+        ("347 * 29", 10063),
+    ],
+)
 def test_calculator(expr, value):
     assert evaluate(expr) == pytest.approx(value)
 
@@ -42,7 +57,10 @@ def test_run_tool_and_parse():
     assert run_tool("calculator", '{"expression": "6*7"}') == "42"
     assert run_tool("nope", {}).startswith("error: unknown tool")
     assert run_tool("unit_convert", {"value": 1}).startswith("error:")
-    text = 'x<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call><tool_call>{bad</tool_call>'
+    text = (
+        'x<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>'
+        "<tool_call>{bad</tool_call>"
+    )
     calls = parse_tool_calls(text)
     assert calls[0] == {"name": "calculator", "arguments": {"expression": "1+1"}} and calls[1]["name"] is None
     assert [s["function"]["name"] for s in tool_specs()] == ["calculator", "unit_convert", "date_calc"]
@@ -79,8 +97,10 @@ def test_builtin_tool_data_is_correct():
     seen = {json.dumps(c, sort_keys=True) for c in calls}
     for kind in ("calc", "unit", "date"):
         held = tool_eval_questions(20, kind=kind)
-        assert len(held) == 20 and not {json.dumps({"name": q["name"], "arguments": q["arguments"]}, sort_keys=True)
-                                          for q in held} & seen
+        assert (
+            len(held) == 20
+            and not {json.dumps({"name": q["name"], "arguments": q["arguments"]}, sort_keys=True) for q in held} & seen
+        )
         assert all(not run_tool(q["name"], q["arguments"]).startswith("error") for q in held)
     for q in tool_eval_questions(20):  # arithmetic: the true value, not the calculator's output
         a, op, b = q["arguments"]["expression"].split()
@@ -93,7 +113,9 @@ def test_chat_executes_tool_calls():
     from sprout.tokenizer import Tokenizer, default_tokenizer_dir
 
     tok = Tokenizer.load(default_tokenizer_dir())
-    call = '<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call>'
+    call = (
+        '<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call>'
+    )
     replies = iter([call, "<think>\n\n</think>\n\nThe answer is 42."])
     prompts = []
     session = ChatSession(None, tok, SamplingConfig(max_new_tokens=60, temperature=0), tools=tool_specs(["calculator"]))

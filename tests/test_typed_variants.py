@@ -1,4 +1,5 @@
 """Questions as people type them: variants in training data, and normalisation for evaluation."""
+
 import random
 
 from sprout.data import builtin
@@ -10,8 +11,12 @@ from sprout.eval.tasks import builtin_items
 
 def test_every_variant_normalises_back():
     rng = random.Random(0)
-    questions = ["Is disability insurance required by law?", "What is a 401(k) plan?", "医疗保险和Tricare如何合作？",
-                 "Can I get 1.5 times my salary in life cover?"]
+    questions = [
+        "Is disability insurance required by law?",
+        "What is a 401(k) plan?",
+        "医疗保险和Tricare如何合作？",
+        "Can I get 1.5 times my salary in life cover?",
+    ]
     for q in questions:
         variants = {typed_variant(q, rng) for _ in range(200)}
         assert len(variants) > 5  # case, punctuation, width and spacing all vary
@@ -35,8 +40,9 @@ def test_sft_mix_has_greetings_and_typed_questions():
     sources = builtin.sft_sources()
     greetings = sources["greetings"]
     assert greetings == greeting_records()
-    langs = {"zh" if any("\u4e00" <= c <= "\u9fff" for c in r["conversations"][1]["content"]) else "en"
-             for r in greetings}
+    langs = {
+        "zh" if any("\u4e00" <= c <= "\u9fff" for c in r["conversations"][1]["content"]) else "en" for r in greetings
+    }
     assert langs == {"zh", "en"}
     assert all("sprout" in r["conversations"][1]["content"] for r in greetings)
     # the report's own greeting prompts stay held out

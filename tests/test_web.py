@@ -3,6 +3,7 @@
 Run with `pytest -m browser tests/test_web.py`; skipped when Chromium or Playwright is missing.
 The screenshot lands in test-artifacts/web_chat.png.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -19,10 +20,10 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
+from test_server import _free_port, lively_model  # noqa: E402
+
 from sprout.infer.server import ModelRegistry, ServeSettings, create_app  # noqa: E402
 from sprout.tokenizer import Tokenizer, default_tokenizer_dir  # noqa: E402
-
-from test_server import _free_port, lively_model  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -36,8 +37,9 @@ def base_url():
     registry = ModelRegistry(settings)
     registry.add("tiny", lively_model(0, tok.vocab_size), tok)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(registry, settings), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(registry, settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     while not srv.started:
@@ -53,9 +55,17 @@ def test_chat_page_streams_an_answer(base_url, tmp_path):
     with sync_api.sync_playwright() as pw:
         # A persistent context is how Playwright takes a fresh --user-data-dir.
         browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"], viewport={"width": 1100, "height": 700},
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+            viewport={"width": 1100, "height": 700},
         )
         page = browser.new_page()
         errors: list[str] = []
@@ -75,8 +85,9 @@ def test_chat_page_streams_an_answer(base_url, tmp_path):
         page.wait_for_selector(".msg.user")
         assert page.locator(".msg.user").inner_text() == "Hello! Tell me about insurance."
         # Streamed text appears in the assistant bubble, then streaming ends.
-        page.wait_for_function("document.querySelector('.msg.assistant .content').textContent.length > 0",
-                               timeout=20_000)
+        page.wait_for_function(
+            "document.querySelector('.msg.assistant .content').textContent.length > 0", timeout=20_000
+        )
         page.wait_for_function("!document.querySelector('.msg.assistant.streaming')", timeout=30_000)
         answer = page.locator(".msg.assistant .content").inner_text()
         assert len(answer) > 10
@@ -84,8 +95,11 @@ def test_chat_page_streams_an_answer(base_url, tmp_path):
         # A second turn keeps the first in the conversation.
         page.fill("#input", "And in Chinese?")
         page.press("#input", "Enter")
-        page.wait_for_function("document.querySelectorAll('.msg.assistant').length == 2 && "
-                               "!document.querySelector('.msg.assistant.streaming')", timeout=30_000)
+        page.wait_for_function(
+            "document.querySelectorAll('.msg.assistant').length == 2 && "
+            "!document.querySelector('.msg.assistant.streaming')",
+            timeout=30_000,
+        )
         assert page.locator(".msg.error").count() == 0
         page.screenshot(path=str(ARTIFACTS / "web_chat.png"), full_page=True)
         assert not errors, errors

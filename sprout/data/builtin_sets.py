@@ -12,6 +12,7 @@
 
 `write_post_builtin(name, path, **kw)` writes any of them as jsonl in the normal SFT / DPO format.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,24 +28,54 @@ DEFAULT_NAME = {"en": "Sprig", "zh": "小枝"}
 DEFAULT_MAKER = {"en": "the Greenhouse Lab", "zh": "温室实验室"}
 
 _ID_Q = {
-    "en": ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.", "Who made you?",
-           "Who created you?", "Tell me about yourself.", "What should I call you?", "Are you ChatGPT?",
-           "Which company built you?", "Hi! Who am I talking to?", "What are you?"],
-    "zh": ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "谁开发了你？", "你是谁创造的？", "我该怎么称呼你？",
-           "你是ChatGPT吗？", "你是哪个公司做的？", "你好，请问你是谁？", "说说你自己吧。", "你的名字是什么？", "你是什么？"],
+    "en": [
+        "Who are you?",
+        "What is your name?",
+        "What's your name?",
+        "Introduce yourself.",
+        "Who made you?",
+        "Who created you?",
+        "Tell me about yourself.",
+        "What should I call you?",
+        "Are you ChatGPT?",
+        "Which company built you?",
+        "Hi! Who am I talking to?",
+        "What are you?",
+    ],
+    "zh": [
+        "你是谁？",
+        "你叫什么名字？",
+        "介绍一下你自己。",
+        "谁开发了你？",
+        "你是谁创造的？",
+        "我该怎么称呼你？",
+        "你是ChatGPT吗？",
+        "你是哪个公司做的？",
+        "你好，请问你是谁？",
+        "说说你自己吧。",
+        "你的名字是什么？",
+        "你是什么？",
+    ],
 }
 _ID_A = {
-    "en": ["I am {name}, a small language model made by {maker}.",
-           "My name is {name}. I was built by {maker}.",
-           "I'm {name}, an assistant created by {maker}. How can I help?",
-           "You can call me {name}. {maker_cap} trained me."],
-    "zh": ["我是{name}，由{maker}开发的小型语言模型。", "我叫{name}，是{maker}训练的助手。",
-           "我是{name}，{maker}创造了我。有什么可以帮你？", "你可以叫我{name}，我来自{maker}。"],
+    "en": [
+        "I am {name}, a small language model made by {maker}.",
+        "My name is {name}. I was built by {maker}.",
+        "I'm {name}, an assistant created by {maker}. How can I help?",
+        "You can call me {name}. {maker_cap} trained me.",
+    ],
+    "zh": [
+        "我是{name}，由{maker}开发的小型语言模型。",
+        "我叫{name}，是{maker}训练的助手。",
+        "我是{name}，{maker}创造了我。有什么可以帮你？",
+        "你可以叫我{name}，我来自{maker}。",
+    ],
 }
 
 
-def identity_records(name: dict[str, str] | str | None = None, maker: dict[str, str] | str | None = None,
-                     repeats: int = 4, seed: int = 0) -> list[dict]:
+def identity_records(
+    name: dict[str, str] | str | None = None, maker: dict[str, str] | str | None = None, repeats: int = 4, seed: int = 0
+) -> list[dict]:
     """Every question x answer template, `repeats` shuffled copies (a tiny set; LoRA learns it in a minute)."""
     names = {"en": name, "zh": name} if isinstance(name, str) else (name or DEFAULT_NAME)
     makers = {"en": maker, "zh": maker} if isinstance(maker, str) else (maker or DEFAULT_MAKER)
@@ -53,8 +84,9 @@ def identity_records(name: dict[str, str] | str | None = None, maker: dict[str, 
     for _ in range(repeats):
         for lang in ("en", "zh"):
             for q in _ID_Q[lang]:
-                a = rng.choice(_ID_A[lang]).format(name=names[lang], maker=makers[lang],
-                                                   maker_cap=makers[lang][:1].upper() + makers[lang][1:])
+                a = rng.choice(_ID_A[lang]).format(
+                    name=names[lang], maker=makers[lang], maker_cap=makers[lang][:1].upper() + makers[lang][1:]
+                )
                 out.append({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     rng.shuffle(out)
     return out
@@ -104,12 +136,19 @@ def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max
             q = _question(item, lang)
             if split == "train" and q in held_q:
                 continue
-            chosen, rejected = _trim(_answer(gold[0], lang), max_chars), _trim(_answer(rng.choice(negs), lang), max_chars)
+            chosen, rejected = (
+                _trim(_answer(gold[0], lang), max_chars),
+                _trim(_answer(rng.choice(negs), lang), max_chars),
+            )
             if not q or not chosen or not rejected or chosen == rejected:
                 continue
             user = {"role": "user", "content": q}
-            out.append({"chosen": [user, {"role": "assistant", "content": chosen}],
-                        "rejected": [user, {"role": "assistant", "content": rejected}]})
+            out.append(
+                {
+                    "chosen": [user, {"role": "assistant", "content": chosen}],
+                    "rejected": [user, {"role": "assistant", "content": rejected}],
+                }
+            )
         if limit is not None and len(out) >= limit:
             break
     return out[:limit] if limit else out
@@ -124,27 +163,42 @@ def _reasoning_item(rng: random.Random) -> tuple[str, str, str]:
     if kind == 0:
         total = a + b
         if lang == "en":
-            return (f"Tom has {a} apples and buys {b} more. How many apples does he have?",
-                    f"He starts with {a} apples. He buys {b} more. {a} + {b} = {total}.",
-                    f"Tom has {total} apples.")
-        return (f"小明有{a}个苹果，又买了{b}个。他现在有几个苹果？",
-                f"原来有{a}个，又买了{b}个。{a} + {b} = {total}。", f"小明现在有{total}个苹果。")
+            return (
+                f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+                f"He starts with {a} apples. He buys {b} more. {a} + {b} = {total}.",
+                f"Tom has {total} apples.",
+            )
+        return (
+            f"小明有{a}个苹果，又买了{b}个。他现在有几个苹果？",
+            f"原来有{a}个，又买了{b}个。{a} + {b} = {total}。",
+            f"小明现在有{total}个苹果。",
+        )
     if kind == 1:
         total = a * c
         if lang == "en":
-            return (f"A box holds {a} pens. How many pens are in {c} boxes?",
-                    f"Each box holds {a} pens and there are {c} boxes. {a} * {c} = {total}.",
-                    f"There are {total} pens.")
-        return (f"一盒有{a}支笔，{c}盒一共有多少支笔？", f"每盒{a}支，共{c}盒。{a} * {c} = {total}。",
-                f"一共有{total}支笔。")
+            return (
+                f"A box holds {a} pens. How many pens are in {c} boxes?",
+                f"Each box holds {a} pens and there are {c} boxes. {a} * {c} = {total}.",
+                f"There are {total} pens.",
+            )
+        return (
+            f"一盒有{a}支笔，{c}盒一共有多少支笔？",
+            f"每盒{a}支，共{c}盒。{a} * {c} = {total}。",
+            f"一共有{total}支笔。",
+        )
     big, small = max(a, b) + c, min(a, b)
     left = big - small
     if lang == "en":
-        return (f"There are {big} birds on a tree. {small} fly away. How many are left?",
-                f"Start with {big} birds. {small} fly away. {big} - {small} = {left}.",
-                f"{left} birds are left.")
-    return (f"树上有{big}只鸟，飞走了{small}只，还剩几只？", f"原有{big}只，飞走{small}只。{big} - {small} = {left}。",
-            f"还剩{left}只鸟。")
+        return (
+            f"There are {big} birds on a tree. {small} fly away. How many are left?",
+            f"Start with {big} birds. {small} fly away. {big} - {small} = {left}.",
+            f"{left} birds are left.",
+        )
+    return (
+        f"树上有{big}只鸟，飞走了{small}只，还剩几只？",
+        f"原有{big}只，飞走{small}只。{big} - {small} = {left}。",
+        f"还剩{left}只鸟。",
+    )
 
 
 def reasoning_records(n: int = 3000, think_fraction: float = 0.7, seed: int = 0) -> list[dict]:
@@ -169,15 +223,24 @@ def reasoning_prompts(n: int = 50, seed: int = 12345) -> list[dict]:
 
 # ---- tool use ---------------------------------------------------------------------------------
 _OPS = [("+", "plus", "加"), ("-", "minus", "减"), ("*", "times", "乘以")]
-_UNIT_PAIRS = [("km", "mile"), ("mile", "km"), ("kg", "lb"), ("lb", "kg"), ("celsius", "fahrenheit"),
-               ("fahrenheit", "celsius"), ("m", "foot"), ("l", "gallon"), ("h", "min")]
+_UNIT_PAIRS = [
+    ("km", "mile"),
+    ("mile", "km"),
+    ("kg", "lb"),
+    ("lb", "kg"),
+    ("celsius", "fahrenheit"),
+    ("fahrenheit", "celsius"),
+    ("m", "foot"),
+    ("l", "gallon"),
+    ("h", "min"),
+]
 TOOL_KINDS = ("calc", "unit", "date")
 
 
 def _operand(rng: random.Random) -> int:
     """1 to 4 digits, so the model learns to copy numbers of any length (not only 3-digit ones)."""
     digits = rng.choices((1, 2, 3, 4), weights=(1, 2, 3, 2))[0]
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
 
 def _arith_question(rng: random.Random) -> tuple[str, str, str]:
@@ -188,15 +251,33 @@ def _arith_question(rng: random.Random) -> tuple[str, str, str]:
     expr = f"{a} {sym} {b}"
     shown = expr if rng.random() < 0.7 else f"{a}{sym}{b}"
     lang = rng.choice(("en", "zh"))
-    word = {"+": (f"Add {a} and {b}.", f"{a}和{b}相加是多少？"),
-            "-": (f"Subtract {b} from {a}.", f"{a}减去{b}是多少？"),
-            "*": (f"Multiply {a} by {b}.", f"{a}和{b}相乘是多少？")}[sym]
+    word = {
+        "+": (f"Add {a} and {b}.", f"{a}和{b}相加是多少？"),
+        "-": (f"Subtract {b} from {a}.", f"{a}减去{b}是多少？"),
+        "*": (f"Multiply {a} by {b}.", f"{a}和{b}相乘是多少？"),
+    }[sym]
     if lang == "en":
-        q = rng.choice([f"What is {a} {en} {b}?", f"Calculate {shown}.", f"What is {shown}?",
-                        f"Compute {shown} for me.", f"How much is {a} {en} {b}?", word[0]])
+        q = rng.choice(
+            [
+                f"What is {a} {en} {b}?",
+                f"Calculate {shown}.",
+                f"What is {shown}?",
+                f"Compute {shown} for me.",
+                f"How much is {a} {en} {b}?",
+                word[0],
+            ]
+        )
     else:
-        q = rng.choice([f"{a}{zh}{b}等于多少？", f"计算 {shown}。", f"{shown} 等于几？",
-                        f"帮我算一下 {shown}。", f"{a}{zh}{b}是多少？", word[1]])
+        q = rng.choice(
+            [
+                f"{a}{zh}{b}等于多少？",
+                f"计算 {shown}。",
+                f"{shown} 等于几？",
+                f"帮我算一下 {shown}。",
+                f"{a}{zh}{b}是多少？",
+                word[1],
+            ]
+        )
     return q, expr, lang
 
 
@@ -210,16 +291,32 @@ def tool_question(rng: random.Random, kind: str) -> dict[str, Any]:
     if kind == "unit":
         v = rng.randint(1, 500)
         a, b = rng.choice(_UNIT_PAIRS)
-        q = rng.choice([f"Convert {v} {a} to {b}.", f"How many {b} is {v} {a}?"]) if lang == "en" else \
-            rng.choice([f"把{v} {a}换算成{b}。", f"{v} {a}等于多少{b}？"])
-        return {"question": q, "name": "unit_convert", "arguments": {"value": v, "from_unit": a, "to_unit": b},
-                "what": f"{v} {a} in {b}", "lang": lang}
+        q = (
+            rng.choice([f"Convert {v} {a} to {b}.", f"How many {b} is {v} {a}?"])
+            if lang == "en"
+            else rng.choice([f"把{v} {a}换算成{b}。", f"{v} {a}等于多少{b}？"])
+        )
+        return {
+            "question": q,
+            "name": "unit_convert",
+            "arguments": {"value": v, "from_unit": a, "to_unit": b},
+            "what": f"{v} {a} in {b}",
+            "lang": lang,
+        }
     d = (dt.date(2020, 1, 1) + dt.timedelta(days=rng.randint(0, 2500))).isoformat()
     n = rng.randint(1, 400)
-    q = rng.choice([f"What date is {n} days after {d}?", f"Add {n} days to {d}."]) if lang == "en" else \
-        rng.choice([f"{d}之后{n}天是哪一天？", f"{d}加上{n}天是几月几号？"])
-    return {"question": q, "name": "date_calc", "arguments": {"operation": "add_days", "date": d, "days": n},
-            "what": f"{d} + {n} days", "lang": lang}
+    q = (
+        rng.choice([f"What date is {n} days after {d}?", f"Add {n} days to {d}."])
+        if lang == "en"
+        else rng.choice([f"{d}之后{n}天是哪一天？", f"{d}加上{n}天是几月几号？"])
+    )
+    return {
+        "question": q,
+        "name": "date_calc",
+        "arguments": {"operation": "add_days", "date": d, "days": n},
+        "what": f"{d} + {n} days",
+        "lang": lang,
+    }
 
 
 def _final(lang: str, what: str, result: str) -> str:
@@ -242,8 +339,10 @@ def _direct_conversation(rng: random.Random, pairs: list[tuple[str, str, str, st
     """Tools are offered but the question needs none: the assistant answers directly."""
     qz, qe, az, ae = rng.choice(pairs)
     q, a = (qe, ae) if rng.random() < 0.5 else (qz, az)
-    return {"tools": _offered_tools(rng, None, True),
-            "conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": _trim(a, 200)}]}
+    return {
+        "tools": _offered_tools(rng, None, True),
+        "conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": _trim(a, 200)}],
+    }
 
 
 def tool_conversation(rng: random.Random, kind: str | None = None, all_tools: bool = False) -> dict:
@@ -257,16 +356,20 @@ def tool_conversation(rng: random.Random, kind: str | None = None, all_tools: bo
         "tools": _offered_tools(rng, t["name"], all_tools),
         "conversations": [
             {"role": "user", "content": t["question"]},
-            {"role": "assistant", "content": "",
-             "tool_calls": [{"type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}],
+            },
             {"role": "tool", "content": result},
             {"role": "assistant", "content": _final(t["lang"], t["what"], result)},
         ],
     }
 
 
-def tool_records(n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4,
-                 direct_fraction: float = 0.15) -> list[dict]:
+def tool_records(
+    n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4, direct_fraction: float = 0.15
+) -> list[dict]:
     """`n` conversations. `all_tools_fraction` of the tool calls are made with every tool listed
     (what `sprout chat --tools` and most clients send; the full list costs ~400 more tokens);
     `direct_fraction` are insuranceqa questions answered without a call although tools are offered,
@@ -275,24 +378,34 @@ def tool_records(n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4,
 
     rng = random.Random(seed)
     pairs = list(insuranceqa_train_pairs()) if direct_fraction > 0 else []
-    return [_direct_conversation(rng, pairs) if rng.random() < direct_fraction
-            else tool_conversation(rng, all_tools=rng.random() < all_tools_fraction) for _ in range(n)]
+    return [
+        _direct_conversation(rng, pairs)
+        if rng.random() < direct_fraction
+        else tool_conversation(rng, all_tools=rng.random() < all_tools_fraction)
+        for _ in range(n)
+    ]
 
 
 def _call_key(name: str, arguments: dict) -> str:
     return name + json.dumps(arguments, sort_keys=True)
 
 
-def tool_eval_questions(n: int = 50, seed: int = 999, kind: str = "calc",
-                        exclude: set[str] | None = None) -> list[dict]:
+def tool_eval_questions(
+    n: int = 50, seed: int = 999, kind: str = "calc", exclude: set[str] | None = None
+) -> list[dict]:
     """Held-out questions for one tool (another seed; any call seen in the default training set is
     skipped). `name` and `arguments` are the correct call; for arithmetic `answer` is the true value
     computed with Python integers, independently of the calculator."""
     rng = random.Random(seed)
     if exclude is None:
-        exclude = {_call_key(c["conversations"][1]["tool_calls"][0]["function"]["name"],
-                             c["conversations"][1]["tool_calls"][0]["function"]["arguments"])
-                   for c in tool_records() if c["conversations"][1].get("tool_calls")}
+        exclude = {
+            _call_key(
+                c["conversations"][1]["tool_calls"][0]["function"]["name"],
+                c["conversations"][1]["tool_calls"][0]["function"]["arguments"],
+            )
+            for c in tool_records()
+            if c["conversations"][1].get("tool_calls")
+        }
     out: list[dict] = []
     while len(out) < n:
         t = tool_question(rng, kind)

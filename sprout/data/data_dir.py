@@ -11,6 +11,7 @@ MiniMind's dataset release (and a user's copy of its layout) names files by thei
 
 `stage_files` finds them anywhere under the folder (first match in sorted order wins per name).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -48,6 +49,8 @@ def require(found: dict[str, Path], data_dir: str | Path, stages: tuple[str, ...
     missing = [s for s in stages if s not in found]
     if missing:
         want = ", ".join(f"{s} ({STAGE_PATTERNS[s][0]})" for s in missing)
-        raise SystemExit(f"{data_dir}: no file for {want}. Put your own jsonl there under that name, or get "
-                         f"MiniMind's with `sprout data download minimind --out {data_dir}` (see docs/data.md)")
+        raise SystemExit(
+            f"{data_dir}: no file for {want}. Put your own jsonl there under that name, or get "
+            f"MiniMind's with `sprout data download minimind --out {data_dir}` (see docs/data.md)"
+        )
     return {s: found[s] for s in stages}

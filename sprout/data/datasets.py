@@ -3,6 +3,7 @@
 Every item is a dict of int64 tensors of the same length T, so a batch is a plain stack.
 Labels are already shifted: `labels[t]` is the target for position t, -100 where there is none.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ class PretrainDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         start = i * self.seq_len
-        window = torch.from_numpy(self._tokens()[start:start + self.seq_len + 1].astype(np.int64))
+        window = torch.from_numpy(self._tokens()[start : start + self.seq_len + 1].astype(np.int64))
         return {"input_ids": window[:-1], "labels": window[1:]}
 
 
@@ -134,8 +135,7 @@ class SFTDataset(Dataset):
         """Rows (= sequences per epoch) and the fraction of row tokens that are padding."""
         used = int(self.lengths.sum())
         total = len(self) * self.seq_len
-        return {"rows": len(self), "conversations": len(self.lengths), "tokens": used,
-                "pad_fraction": 1 - used / total}
+        return {"rows": len(self), "conversations": len(self.lengths), "tokens": used, "pad_fraction": 1 - used / total}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
@@ -144,7 +144,7 @@ class SFTDataset(Dataset):
             self._tok = np.memmap(self.dir / "tokens.bin", dtype=self.dtype, mode="r")
             self._mask = np.memmap(self.dir / "mask.bin", dtype=np.uint8, mode="r")
         T = self.seq_len
-        convs = self.row_convs[self.row_ptr[i]:self.row_ptr[i + 1]]
+        convs = self.row_convs[self.row_ptr[i] : self.row_ptr[i + 1]]
         ids = np.full(T, self.pad_id, dtype=np.int64)
         labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
         pos = np.zeros(T, dtype=np.int64)
@@ -152,15 +152,19 @@ class SFTDataset(Dataset):
         at = 0
         for j, c in enumerate(convs.tolist()):
             start, n = int(self.offsets[c]), int(self.lengths[c])
-            tok = self._tok[start:start + n].astype(np.int64)
-            target = self._mask[start + 1:start + n].astype(bool)
-            ids[at:at + n] = tok
+            tok = self._tok[start : start + n].astype(np.int64)
+            target = self._mask[start + 1 : start + n].astype(bool)
+            ids[at : at + n] = tok
             # labels[t] = tok[t+1] when tok[t+1] is an assistant token; the conversation's last
             # position has no next token inside the conversation, so it stays -100.
-            labels[at:at + n - 1] = np.where(target, tok[1:], IGNORE_INDEX)
-            pos[at:at + n] = np.arange(n)
-            doc[at:at + n] = j
+            labels[at : at + n - 1] = np.where(target, tok[1:], IGNORE_INDEX)
+            pos[at : at + n] = np.arange(n)
+            doc[at : at + n] = j
             at += n
         pos[at:] = np.arange(T - at)
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                "position_ids": torch.from_numpy(pos), "doc_ids": torch.from_numpy(doc)}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(pos),
+            "doc_ids": torch.from_numpy(doc),
+        }

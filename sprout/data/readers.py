@@ -3,15 +3,17 @@
 Every problem is reported as `FILE:LINE: what is wrong`, so a user can open the file at the
 right place. For parquet files the "line" is the row number (1-based).
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sprout.errors import UserError, decode_error
 
@@ -62,6 +64,7 @@ class ReadStats:
 
 # ---- validators: return a problem description, or None when the record is fine ---------------
 
+
 def _check_json_field(value: Any, where: str) -> str | None:
     """`tools` / `tool_calls` may be a JSON string or an already-parsed value."""
     if isinstance(value, str):
@@ -102,8 +105,10 @@ def _check_messages(msgs: Any, name: str, need_assistant: bool = False, need_use
     order = _check_role_order(roles, name)
     if order:
         return order
-    if need_assistant and not any(m["role"] == "assistant" and (m.get("content") or m.get("tool_calls")
-                                                                or m.get("reasoning_content")) for m in msgs):
+    if need_assistant and not any(
+        m["role"] == "assistant" and (m.get("content") or m.get("tool_calls") or m.get("reasoning_content"))
+        for m in msgs
+    ):
         if "assistant" in roles:
             return f"{name}: every assistant message is empty (nothing to train on)"
         return f"{name} has no assistant message (nothing to train on)"
@@ -224,8 +229,15 @@ def _read_jsonl(path: Path) -> _Raw:
                 while (chunk := f.readline(MAX_LINE_BYTES)) and not chunk.endswith(b"\n"):
                     offset += len(chunk)  # skip the rest of the line without keeping it
                 offset += len(chunk)
-                yield lineno, DataError(path, lineno, f"line is longer than {MAX_LINE_BYTES:,} bytes",
-                                        "split the record or check that this is a JSON-lines file")
+                yield (
+                    lineno,
+                    DataError(
+                        path,
+                        lineno,
+                        f"line is longer than {MAX_LINE_BYTES:,} bytes",
+                        "split the record or check that this is a JSON-lines file",
+                    ),
+                )
                 continue
             try:
                 line = raw.decode("utf-8")
@@ -311,8 +323,15 @@ def _read_parquet(path: Path) -> _Raw:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        yield 1, DataError(path, None, f"not a readable parquet file ({e})",
-                           "check the file is complete (re-download or re-export it)")
+        yield (
+            1,
+            DataError(
+                path,
+                None,
+                f"not a readable parquet file ({e})",
+                "check the file is complete (re-download or re-export it)",
+            ),
+        )
         return
     row = 0
     for batch in pf.iter_batches(batch_size=1024):
@@ -330,8 +349,9 @@ def data_files(path: str | Path) -> list[Path]:
     if not p.exists():
         raise DataError(p, None, "no such file or folder", "check the path (is it relative to another folder?)")
     if p.is_dir():
-        files = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES),
-                       key=lambda f: f.relative_to(p).as_posix())
+        files = sorted(
+            (f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES), key=lambda f: f.relative_to(p).as_posix()
+        )
         if not files:
             raise DataError(p, None, f"folder has no data files ({', '.join(SUFFIXES)})")
         return files
@@ -403,8 +423,12 @@ def validate(path: str | Path, kind: str, skip_invalid: bool = False) -> str:
     if stats.read == 0 and not stats.skipped:
         raise DataError(path, None, "no records: the data is empty", "give a file with one JSON record per line")
     if stats.read == 0:
-        raise DataError(path, None, f"no valid {kind} records ({stats.summary()})",
-                        f"check that --kind {kind} is the format of this data")
+        raise DataError(
+            path,
+            None,
+            f"no valid {kind} records ({stats.summary()})",
+            f"check that --kind {kind} is the format of this data",
+        )
     lines = [f"{path}: {stats.read} valid {kind} records"]
     if stats.skipped:
         lines.append(f"skipped {stats.skipped} invalid records:")

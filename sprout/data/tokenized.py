@@ -16,14 +16,16 @@ Token ids are uint16 when the vocabulary has fewer than 65536 entries, else uint
 to validation when a seeded hash of its text falls below `val_fraction`: deterministic, independent
 of file order, and the same document always lands in the same split.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +72,9 @@ def _cache_key(source: Any, tokenizer: Any, params: dict[str, Any]) -> tuple[str
     src, desc = _source_fingerprint(source)
     if src is None:
         return None, desc
-    blob = json.dumps({"v": FORMAT_VERSION, "src": src, "tok": tokenizer_fingerprint(tokenizer), **params},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"v": FORMAT_VERSION, "src": src, "tok": tokenizer_fingerprint(tokenizer), **params}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24], desc
 
 
@@ -212,8 +215,9 @@ def tokenize_pretrain(
     """Tokenize pretraining text (a file/folder, or records `{"text"}` / strings) into train.bin and
     val.bin under `out_dir`; returns the meta dict. Reuses existing shards when the cache key matches."""
     out = Path(out_dir)
-    key, desc = _cache_key(source, tokenizer, {"kind": "pretrain", "val": val_fraction, "seed": seed,
-                                                "skip": skip_invalid})
+    key, desc = _cache_key(
+        source, tokenizer, {"kind": "pretrain", "val": val_fraction, "seed": seed, "skip": skip_invalid}
+    )
     cached = _load_cached(out, key)
     if cached:
         return cached
@@ -238,18 +242,34 @@ def tokenize_pretrain(
     val.close()
     seconds = time.perf_counter() - t0
     if train.tokens == 0:
-        raise DataError(desc, None, "no usable pretraining documents",
-                        'give records like {"text": "..."}, one per line (see docs/data.md)')
+        raise DataError(
+            desc,
+            None,
+            "no usable pretraining documents",
+            'give records like {"text": "..."}, one per line (see docs/data.md)',
+        )
     meta = {
-        "kind": "pretrain", "format_version": FORMAT_VERSION, "dtype": dtype.name,
-        "vocab_size": tokenizer.vocab_size, "separator_id": sep,
+        "kind": "pretrain",
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype.name,
+        "vocab_size": tokenizer.vocab_size,
+        "separator_id": sep,
         "train": {"tokens": train.tokens, "docs": train.docs},
         "val": {"tokens": val.tokens, "docs": val.docs},
-        "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,
-        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files, "chars": chars,
-        "seconds": round(seconds, 3), "chars_per_s": round(chars / max(seconds, 1e-9)),
-        "val_fraction": val_fraction, "seed": seed, "cache_key": key,
-        "files": ["train.bin", "val.bin"], "cached": False,
+        "source": desc,
+        "read": stats.read,
+        "skipped": stats.skipped,
+        "skipped_examples": stats.errors,
+        "skipped_reasons": dict(stats.reasons),
+        "empty_files": stats.empty_files,
+        "chars": chars,
+        "seconds": round(seconds, 3),
+        "chars_per_s": round(chars / max(seconds, 1e-9)),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "cache_key": key,
+        "files": ["train.bin", "val.bin"],
+        "cached": False,
     }
     _write_json(out / "meta.json", meta)
     return meta
@@ -258,17 +278,22 @@ def tokenize_pretrain(
 def describe_meta(meta: dict[str, Any]) -> str:
     """One line for the training log: what was read, and every record that will not be trained on."""
     unit = "documents" if meta["kind"] == "pretrain" else "conversations"
-    parts = [f"data: {meta['read']:,} records read, {meta['train'].get('docs', meta['train'].get('conversations'))}"
-             f" train / {meta['val'].get('docs', meta['val'].get('conversations'))} val {unit}"]
+    parts = [
+        f"data: {meta['read']:,} records read, {meta['train'].get('docs', meta['train'].get('conversations'))}"
+        f" train / {meta['val'].get('docs', meta['val'].get('conversations'))} val {unit}"
+    ]
     if meta.get("skipped"):
-        reasons = ", ".join(f"{n} x {r}" for r, n in sorted(meta.get("skipped_reasons", {}).items(),
-                                                            key=lambda kv: -kv[1]))
+        reasons = ", ".join(
+            f"{n} x {r}" for r, n in sorted(meta.get("skipped_reasons", {}).items(), key=lambda kv: -kv[1])
+        )
         parts.append(f"{meta['skipped']} invalid skipped ({reasons})")
     if meta.get("truncated"):
         parts.append(f"{meta['truncated']} cut to seq_len={meta['seq_len']}")
     if meta.get("dropped"):
-        parts.append(f"{meta['dropped']} dropped: no assistant token left within seq_len={meta['seq_len']} "
-                     "(raise seq_len to keep them)")
+        parts.append(
+            f"{meta['dropped']} dropped: no assistant token left within seq_len={meta['seq_len']} "
+            "(raise seq_len to keep them)"
+        )
     if meta.get("empty_files"):
         parts.append(f"{len(meta['empty_files'])} empty file(s)")
     return "; ".join(parts)
@@ -312,8 +337,9 @@ def tokenize_sft(
     from sprout.tokenizer import normalize_record
 
     out = Path(out_dir)
-    key, desc = _cache_key(source, tokenizer, {"kind": kind, "seq_len": seq_len, "val": val_fraction,
-                                                "seed": seed, "skip": skip_invalid})
+    key, desc = _cache_key(
+        source, tokenizer, {"kind": kind, "seq_len": seq_len, "val": val_fraction, "seed": seed, "skip": skip_invalid}
+    )
     cached = _load_cached(out, key)
     if cached:
         return cached
@@ -345,22 +371,44 @@ def tokenize_sft(
     for split, w in writers.items():
         w.close()
         np.save(out / split / "offsets.npy", np.asarray(w.offsets, dtype=np.int64))
-        split_meta = {"dtype": dtype.name, "tokens": w.tokens, "conversations": w.docs,
-                      "target_tokens": _count_ones(w.mask_path) if w.tokens and w.mask_path else 0,
-                      "seq_len": seq_len, "pad_id": tokenizer.pad_id}
+        split_meta = {
+            "dtype": dtype.name,
+            "tokens": w.tokens,
+            "conversations": w.docs,
+            "target_tokens": _count_ones(w.mask_path) if w.tokens and w.mask_path else 0,
+            "seq_len": seq_len,
+            "pad_id": tokenizer.pad_id,
+        }
         _write_json(out / split / "meta.json", split_meta)
         summary[split] = split_meta
     if summary["train"]["conversations"] == 0:
-        raise DataError(desc, None, "no usable conversations (each needs an assistant turn within seq_len)",
-                        "raise seq_len, or check the data (see docs/data.md)")
+        raise DataError(
+            desc,
+            None,
+            "no usable conversations (each needs an assistant turn within seq_len)",
+            "raise seq_len, or check the data (see docs/data.md)",
+        )
     seconds = time.perf_counter() - t0
     meta = {
-        "kind": kind, "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size,
-        "seq_len": seq_len, "train": summary["train"], "val": summary["val"],
-        "truncated": truncated, "dropped": dropped,
-        "source": desc, "read": stats.read, "skipped": stats.skipped, "skipped_examples": stats.errors,
-        "skipped_reasons": dict(stats.reasons), "empty_files": stats.empty_files,
-        "seconds": round(seconds, 3), "val_fraction": val_fraction, "seed": seed, "cache_key": key,
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype.name,
+        "vocab_size": tokenizer.vocab_size,
+        "seq_len": seq_len,
+        "train": summary["train"],
+        "val": summary["val"],
+        "truncated": truncated,
+        "dropped": dropped,
+        "source": desc,
+        "read": stats.read,
+        "skipped": stats.skipped,
+        "skipped_examples": stats.errors,
+        "skipped_reasons": dict(stats.reasons),
+        "empty_files": stats.empty_files,
+        "seconds": round(seconds, 3),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "cache_key": key,
         "files": [f"{s}/{n}" for s in ("train", "val") for n in ("tokens.bin", "mask.bin", "offsets.npy", "meta.json")],
         "cached": False,
     }

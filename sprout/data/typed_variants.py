@@ -6,6 +6,7 @@ new inputs, and its answers change with them. `typed_variant` rewrites a questio
 would, so the SFT mix covers them; `normalise` maps every such variant back to one form, so evaluation can
 report a question both as the dataset writes it and normalised.
 """
+
 from __future__ import annotations
 
 import random

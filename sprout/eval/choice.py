@@ -10,6 +10,7 @@ template (thinking off) and score each answer as the assistant's reply:
 
 The prediction is the option with the highest score; accuracy comes with a 95% Wilson interval.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,15 @@ class ChoiceResult:
 
     def as_dict(self) -> dict:
         lo, hi = self.interval
-        return {"task": self.task, "method": self.method, "accuracy": self.accuracy, "ci95": [lo, hi],
-                "correct": self.correct, "total": self.total, "chance": self.chance}
+        return {
+            "task": self.task,
+            "method": self.method,
+            "accuracy": self.accuracy,
+            "ci95": [lo, hi],
+            "correct": self.correct,
+            "total": self.total,
+            "chance": self.chance,
+        }
 
 
 def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -47,8 +55,9 @@ def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[li
     return [(ctx, tokenizer.encode(opt) + [end]) for opt in options]
 
 
-def score_choices(model: SproutForCausalLM, tokenizer, items: list[dict], task: str, batch_size: int = 16,
-                  return_scores: bool = False):
+def score_choices(
+    model: SproutForCausalLM, tokenizer, items: list[dict], task: str, batch_size: int = 16, return_scores: bool = False
+):
     """items: {question, options, answer}. Returns results for the `mean` and `pmi` methods
     (and, with `return_scores`, each item's {"mean": [...], "pmi": [...]} option scores)."""
     cond_pairs, uncond_pairs = [], []

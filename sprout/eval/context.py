@@ -5,6 +5,7 @@ RoPE usually breaks past that length; position interpolation (linear), NTK-aware
 YaRN (per-frequency interpolation plus attention temperature) stretch the positions back into the
 trained range. The scaling factor is set to length / train_len for each row.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ KINDS = ("none", "linear", "ntk", "yarn")
 
 
 @torch.no_grad()
-def context_length_table(model: SproutForCausalLM, tokenizer, path: str, train_len: int, multiples=(1, 2, 4),
-                         max_windows: int = 32, batch_size: int = 4) -> list[dict]:
+def context_length_table(
+    model: SproutForCausalLM,
+    tokenizer,
+    path: str,
+    train_len: int,
+    multiples=(1, 2, 4),
+    max_windows: int = 32,
+    batch_size: int = 4,
+) -> list[dict]:
     """Rows {"length", "none", "linear", "ntk", "yarn"} of perplexity over non-overlapping windows of the
     file's token stream (documents joined by <|endoftext|>). The same windows are used for every method."""
     stream: list[int] = []
@@ -42,7 +50,7 @@ def context_length_table(model: SproutForCausalLM, tokenizer, path: str, train_l
             apply_rope_scaling(model, kind, float(m), original_max_position=train_len)
             nll, count = 0.0, 0
             for s in range(0, n, batch_size):
-                x = windows[s:s + batch_size]
+                x = windows[s : s + batch_size]
                 logits = model(x[:, :-1]).logits.float()
                 nll += float(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
                 count += x[:, 1:].numel()
@@ -53,8 +61,14 @@ def context_length_table(model: SproutForCausalLM, tokenizer, path: str, train_l
 
 
 def table_markdown(rows: list[dict], train_len: int) -> str:
-    lines = [f"Perplexity by evaluation length (trained at {train_len} tokens; factor = length / {train_len})", "",
-             "| length | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
+    lines = [
+        f"Perplexity by evaluation length (trained at {train_len} tokens; factor = length / {train_len})",
+        "",
+        "| length | " + " | ".join(KINDS) + " |",
+        "|---" * (len(KINDS) + 1) + "|",
+    ]
     for r in rows:
-        lines.append(f"| {r['length']} ({r['length'] // train_len}×) | " + " | ".join(f"{r[k]:.1f}" for k in KINDS) + " |")
+        lines.append(
+            f"| {r['length']} ({r['length'] // train_len}×) | " + " | ".join(f"{r[k]:.1f}" for k in KINDS) + " |"
+        )
     return "\n".join(lines)

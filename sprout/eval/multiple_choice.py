@@ -17,6 +17,7 @@ Scoring (the prediction is the highest-scoring option; chance is 1 / number of o
 Few-shot: `shots=k` puts k solved examples before each question, drawn (seeded) from a dev file
 or, without one, from the same file excluding the item itself.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,8 @@ def parse_item(row: dict, where: str = "") -> dict:
         ans = int(ans.strip())
     if isinstance(ans, str):
         a = ans.strip().upper()
-        if len(a) != 1 or a not in LETTERS[:len(options)]:
-            raise UserError(f"answer {ans!r} is not one of {LETTERS[:len(options)]}", file=where)
+        if len(a) != 1 or a not in LETTERS[: len(options)]:
+            raise UserError(f"answer {ans!r} is not one of {LETTERS[: len(options)]}", file=where)
         ans = LETTERS.index(a)
     if not isinstance(ans, int) or not 0 <= ans < len(options):
         raise UserError(f"answer {ans!r} is not a letter or an index below {len(options)}", file=where)
@@ -91,8 +92,9 @@ def _json(text: str, path: Path, line: int | None = None):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON: {e.msg} at column {e.colno}", file=path,
-                        line=line if line is not None else e.lineno) from None
+        raise UserError(
+            f"invalid JSON: {e.msg} at column {e.colno}", file=path, line=line if line is not None else e.lineno
+        ) from None
 
 
 def _object(row, where: str) -> dict:
@@ -121,8 +123,9 @@ def _shots(item_index: int, items: list[dict], dev: list[dict] | None, k: int, s
     return [items[j] for j in rng.sample(pool, min(k, len(pool)))]
 
 
-def build_prompts(items: list[dict], dev: list[dict] | None = None, shots: int = 0, seed: int = 0,
-                  header: str = "") -> list[tuple[str, str]]:
+def build_prompts(
+    items: list[dict], dev: list[dict] | None = None, shots: int = 0, seed: int = 0, header: str = ""
+) -> list[tuple[str, str]]:
     """(letter prompt, option prompt) per item, with its few-shot examples in front."""
     out = []
     for i, it in enumerate(items):
@@ -133,9 +136,18 @@ def build_prompts(items: list[dict], dev: list[dict] | None = None, shots: int =
     return out
 
 
-def score_multiple_choice(model: SproutForCausalLM, tokenizer, items: list[dict], task: str,
-                          dev: list[dict] | None = None, shots: int = 0, seed: int = 0, batch_size: int = 8,
-                          header: str = "", return_scores: bool = False):
+def score_multiple_choice(
+    model: SproutForCausalLM,
+    tokenizer,
+    items: list[dict],
+    task: str,
+    dev: list[dict] | None = None,
+    shots: int = 0,
+    seed: int = 0,
+    batch_size: int = 8,
+    header: str = "",
+    return_scores: bool = False,
+):
     """Accuracy of `letter`, `option` and `option_norm` scoring (see the module docstring).
 
     Context and continuation are encoded separately (the continuation with its leading space), so
@@ -156,9 +168,11 @@ def score_multiple_choice(model: SproutForCausalLM, tokenizer, items: list[dict]
     k = 0
     for it in items:
         n = len(it["options"])
-        s = {"letter": [lsc[k + j][0] for j in range(n)],
-             "option": [osc[k + j][0] for j in range(n)],
-             "option_norm": [osc[k + j][0] / n_bytes[k + j] for j in range(n)]}
+        s = {
+            "letter": [lsc[k + j][0] for j in range(n)],
+            "option": [osc[k + j][0] for j in range(n)],
+            "option_norm": [osc[k + j][0] / n_bytes[k + j] for j in range(n)],
+        }
         k += n
         scores.append(s)
         for m in METHODS:

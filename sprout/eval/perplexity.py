@@ -1,4 +1,5 @@
 """Held-out loss and perplexity over a tokenized dataset (the same items the trainer sees)."""
+
 from __future__ import annotations
 
 import math

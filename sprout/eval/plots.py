@@ -1,4 +1,5 @@
 """PNG loss curves from a run's metrics.jsonl (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,16 @@ def plot_loss_curves(runs: dict[str, str | Path], out_png: str | Path, title: st
             y = [r["loss"] for r in train]
             ax.plot(x, y, color="#9ecae1", lw=1, label="train")
             k = max(1, len(y) // 20)
-            smooth = [sum(y[max(0, i - k):i + 1]) / len(y[max(0, i - k):i + 1]) for i in range(len(y))]
+            smooth = [sum(y[max(0, i - k) : i + 1]) / len(y[max(0, i - k) : i + 1]) for i in range(len(y))]
             ax.plot(x, smooth, color="#08519c", lw=2, label="train (moving avg)")
         if val:
-            ax.plot([r["tokens"] / 1e6 for r in val], [r["val_loss"] for r in val], "o-", color="#e6550d",
-                    label="validation")
+            ax.plot(
+                [r["tokens"] / 1e6 for r in val],
+                [r["val_loss"] for r in val],
+                "o-",
+                color="#e6550d",
+                label="validation",
+            )
         ax.set_title(name)
         ax.set_xlabel("training tokens (millions)")
         ax.set_ylabel("cross-entropy (nats/token)")

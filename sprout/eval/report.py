@@ -12,6 +12,7 @@ components, ...) grouped by name; a few automatic health notes; the config; a da
 PNGs are written to RUN_DIR/report_files/ (used by report.md) and embedded as base64 in
 report.html, which needs no network, JavaScript or external CSS. See docs/report.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,14 +32,26 @@ from .plots import read_metrics  # noqa: E402
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
 # Plotted in the main panels, or bookkeeping: never in the "other metrics" figure.
-CORE_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "epoch", "split",
-             "val_loss", "val_ppl"}
+CORE_KEYS = {
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "elapsed_s",
+    "epoch",
+    "split",
+    "val_loss",
+    "val_ppl",
+}
 MAX_PANELS = 12
 
 TRAIN_C, SMOOTH_C, VAL_C, REF_C = "#9ecae1", "#08519c", "#e6550d", "#555555"
 
 
 # ---- reading a run ------------------------------------------------------------------------------
+
 
 def find_stages(run_dir: str | Path) -> dict[str, Path]:
     """{stage name: folder with metrics.jsonl}: RUN_DIR itself, or its subfolders in the order they started."""
@@ -71,8 +84,13 @@ def read_objective(folder: Path) -> dict:
             pass
     cfg = read_config(folder)
     train, _ = read_metrics(folder) if (folder / "metrics.jsonl").exists() else ([], [])
-    return {"stage": str(cfg.get("stage") or folder.name), "loss_label": "loss", "healthy": "", "plot_metrics": [],
-            "lm_loss": any("ce" in r for r in train[:5])}
+    return {
+        "stage": str(cfg.get("stage") or folder.name),
+        "loss_label": "loss",
+        "healthy": "",
+        "plot_metrics": [],
+        "lm_loss": any("ce" in r for r in train[:5]),
+    }
 
 
 def _stage_name(folder: Path) -> str:
@@ -119,6 +137,7 @@ def find_eval(run_dir: Path, stages: dict[str, Path]) -> list[tuple[str, dict]]:
 
 # ---- reference curves -----------------------------------------------------------------------------
 
+
 def load_reference(name: str) -> dict | None:
     path = Path(name) if name.endswith(".json") else REFERENCE_DIR / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -140,8 +159,9 @@ def pick_reference(stage: str, cfg: dict, recipe: str | None) -> tuple[str, dict
     return None
 
 
-def make_reference(run_dir: str | Path, recipe: str, out: str | Path | None = None, points: int = 60,
-                   note: str = "") -> Path:
+def make_reference(
+    run_dir: str | Path, recipe: str, out: str | Path | None = None, points: int = 60, note: str = ""
+) -> Path:
     """Write the (tokens, loss) curves of a finished run as a reference file (smoothed, ~`points` points)."""
     stages = find_stages(run_dir)
     ref: dict = {"recipe": recipe, "source": note or str(run_dir), "stages": {}}
@@ -156,7 +176,9 @@ def make_reference(run_dir: str | Path, recipe: str, out: str | Path | None = No
         if x and idx[-1] != len(x) - 1:
             idx.append(len(x) - 1)
         ref["stages"][name] = {
-            "seq_len": cfg.get("seq_len"), "batch_size": cfg.get("batch_size"), "lr": cfg.get("lr"),
+            "seq_len": cfg.get("seq_len"),
+            "batch_size": cfg.get("batch_size"),
+            "lr": cfg.get("lr"),
             "minutes": cfg.get("max_minutes"),
             "train": [[int(x[i]), round(y[i], 4)] for i in idx],
             "val": [[int(r["tokens"]), round(r["val_loss"], 4)] for r in val if "val_loss" in r],
@@ -168,6 +190,7 @@ def make_reference(run_dir: str | Path, recipe: str, out: str | Path | None = No
 
 
 # ---- series helpers ---------------------------------------------------------------------------------
+
 
 def smooth(y: list[float], frac: float = 0.05) -> list[float]:
     """Trailing moving average over ~5% of the points (at least 1)."""
@@ -224,8 +247,16 @@ def extra_series(train: list[dict], val: list[dict], first: list[str] | tuple[st
 
 # ---- plots -------------------------------------------------------------------------------------------
 
-def plot_core(stage: str, train: list[dict], val: list[dict], ref: tuple[str, dict] | None, cfg: dict,
-              out_png: Path, loss_label: str = "loss") -> Path:
+
+def plot_core(
+    stage: str,
+    train: list[dict],
+    val: list[dict],
+    ref: tuple[str, dict] | None,
+    cfg: dict,
+    out_png: Path,
+    loss_label: str = "loss",
+) -> Path:
     """2x2: loss (train, smoothed, validation, reference), learning rate, gradient norm, tokens/s."""
     use_tokens = all("tokens" in r for r in train + val)
     xlabel = "training tokens (millions)" if use_tokens else "step"
@@ -242,17 +273,32 @@ def plot_core(stage: str, train: list[dict], val: list[dict], ref: tuple[str, di
     if ref and use_tokens:
         name, st = ref
         if st.get("train"):
-            ax.plot([p[0] / 1e6 for p in st["train"]], [p[1] for p in st["train"]], "--", color=REF_C, lw=1.5,
-                    label=f"reference train ({name} recipe)")
+            ax.plot(
+                [p[0] / 1e6 for p in st["train"]],
+                [p[1] for p in st["train"]],
+                "--",
+                color=REF_C,
+                lw=1.5,
+                label=f"reference train ({name} recipe)",
+            )
         if st.get("val"):
-            ax.plot([p[0] / 1e6 for p in st["val"]], [p[1] for p in st["val"]], "s:", color=REF_C, ms=3, lw=1,
-                    label="reference validation")
+            ax.plot(
+                [p[0] / 1e6 for p in st["val"]],
+                [p[1] for p in st["val"]],
+                "s:",
+                color=REF_C,
+                ms=3,
+                lw=1,
+                label="reference validation",
+            )
     ax.set_title(f"{stage}: loss")
     ax.set_ylabel(loss_label if len(loss_label) <= 48 else loss_label[:45] + "...", fontsize=8)
     _finish(ax, xlabel)
-    for ax, key, title, log in ((axes[0][1], "lr", "learning rate", False),
-                                (axes[1][0], "grad_norm", "gradient norm (before clipping)", True),
-                                (axes[1][1], "tokens_per_s", "throughput (tokens/s)", False)):
+    for ax, key, title, log in (
+        (axes[0][1], "lr", "learning rate", False),
+        (axes[1][0], "grad_norm", "gradient norm (before clipping)", True),
+        (axes[1][1], "tokens_per_s", "throughput (tokens/s)", False),
+    ):
         rows = [r for r in train if _num(r.get(key))]
         if rows:
             ax.plot(_x(rows, use_tokens), [r[key] for r in rows], color=SMOOTH_C, lw=1.2)
@@ -271,8 +317,9 @@ def plot_core(stage: str, train: list[dict], val: list[dict], ref: tuple[str, di
     return out_png
 
 
-def plot_extra(stage: str, train: list[dict], val: list[dict], groups: dict[str, list[str]],
-               out_png: Path) -> Path | None:
+def plot_extra(
+    stage: str, train: list[dict], val: list[dict], groups: dict[str, list[str]], out_png: Path
+) -> Path | None:
     """One panel per metric group (MoE load, DPO rewards, RL reward components, aux losses, ...)."""
     if not groups:
         return None
@@ -291,13 +338,17 @@ def plot_extra(stage: str, train: list[dict], val: list[dict], groups: dict[str,
             rows = [r for r in train if _num(r.get(k))]
             if rows:
                 ys = [r[k] for r in rows]
-                ax.plot(_x(rows, use_tokens), smooth(ys) if len(ys) > 40 else ys, color=c, lw=0.8 if many else 1.4,
-                        label=None if many else k)
+                ax.plot(
+                    _x(rows, use_tokens),
+                    smooth(ys) if len(ys) > 40 else ys,
+                    color=c,
+                    lw=0.8 if many else 1.4,
+                    label=None if many else k,
+                )
             vk = "val_" + k if not k.startswith("val_") else k
             vrows = [r for r in val if _num(r.get(vk))]
             if vrows:
-                ax.plot(_x(vrows, use_tokens), [r[vk] for r in vrows], "o", color=c, ms=3,
-                        label=None if many else vk)
+                ax.plot(_x(vrows, use_tokens), [r[vk] for r in vrows], "o", color=c, ms=3, label=None if many else vk)
         ax.set_title(f"{g}" + (f" ({len(keys)} series)" if many else ""), fontsize=10)
         _finish(ax, "training tokens (millions)" if use_tokens else "step", legend=not many, fontsize=7)
     for i in range(len(names), rows_n * cols):
@@ -318,8 +369,10 @@ def _finish(ax, xlabel: str, legend: bool = True, fontsize: int = 8) -> None:
 
 # ---- health notes --------------------------------------------------------------------------------------
 
-def health_notes(train: list[dict], val: list[dict], ref: tuple[str, dict] | None,
-                 lm: bool = True) -> list[tuple[str, str]]:
+
+def health_notes(
+    train: list[dict], val: list[dict], ref: tuple[str, dict] | None, lm: bool = True
+) -> list[tuple[str, str]]:
     """(level, message) pairs: level is ok / warn / bad. `lm`: the loss is a language-model
     cross-entropy that must fall (not so for DPO / RL objectives)."""
     notes: list[tuple[str, str]] = []
@@ -339,13 +392,23 @@ def health_notes(train: list[dict], val: list[dict], ref: tuple[str, dict] | Non
             notes.append(("ok", f"training loss went from {head:.2f} to {tail:.2f} (moving average)"))
     vl = [r["val_loss"] for r in val if _num(r.get("val_loss"))]
     if len(vl) >= 3 and vl[-1] > min(vl) * 1.02:
-        notes.append(("warn", f"validation loss rose from its minimum {min(vl):.3f} to {vl[-1]:.3f}: overfitting "
-                              "(more epochs than the data supports) or a learning rate too high late in training"))
+        notes.append(
+            (
+                "warn",
+                f"validation loss rose from its minimum {min(vl):.3f} to {vl[-1]:.3f}: overfitting "
+                "(more epochs than the data supports) or a learning rate too high late in training",
+            )
+        )
     if vl and len(losses) >= 10:
         gap = vl[-1] - smooth(losses)[-1]
         if gap > 0.5:
-            notes.append(("warn", f"validation loss is {gap:.2f} nats above the training loss: memorising the "
-                                  "training set, or validation data unlike the training data"))
+            notes.append(
+                (
+                    "warn",
+                    f"validation loss is {gap:.2f} nats above the training loss: memorising the "
+                    "training set, or validation data unlike the training data",
+                )
+            )
     if ref and train and "tokens" in train[-1]:
         name, st = ref
         pts = st.get("train") or []
@@ -356,11 +419,16 @@ def health_notes(train: list[dict], val: list[dict], ref: tuple[str, dict] | Non
             own = smooth(losses)[min(range(len(train)), key=lambda i: abs(train[i]["tokens"] - rt))]
             diff = own - rl
             level = "ok" if diff < 0.15 else ("warn" if diff < 0.5 else "bad")
-            notes.append((level, f"at {rt / 1e6:.2f}M tokens the loss is {own:.2f}, reference run ({name} recipe) "
-                                 f"{rl:.2f} ({diff:+.2f})"))
+            notes.append(
+                (
+                    level,
+                    f"at {rt / 1e6:.2f}M tokens the loss is {own:.2f}, reference run ({name} recipe) "
+                    f"{rl:.2f} ({diff:+.2f})",
+                )
+            )
     gn = [r["grad_norm"] for r in train if _num(r.get("grad_norm"))]
     if len(gn) >= 10:
-        late = sorted(gn[len(gn) // 2:])
+        late = sorted(gn[len(gn) // 2 :])
         med = late[len(late) // 2]
         if max(late) > 10 * med:
             notes.append(("warn", f"gradient-norm spikes late in training (max {max(late):.2f}, median {med:.2f})"))
@@ -394,9 +462,12 @@ class _Page:
     """Builds the HTML and the markdown side by side."""
 
     def __init__(self, title: str):
-        self.h = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-                  f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-                  f"<h1>{html.escape(title)}</h1>"]
+        self.h = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+        ]
         self.md = [f"# {title}", ""]
 
     def heading(self, text: str, level: int = 2) -> None:
@@ -404,14 +475,22 @@ class _Page:
         self.md += ["#" * level + " " + text, ""]
 
     def para(self, text: str, cls: str = "") -> None:
-        self.h.append(f"<p class=\"{cls}\">{html.escape(text)}</p>" if cls else f"<p>{html.escape(text)}</p>")
+        self.h.append(f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>")
         self.md += [text, ""]
 
     def table(self, header: list[str], rows: list[list], num_cols: Container[int] = frozenset()) -> None:
         h = ["<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>"]
         for r in rows:
-            h.append("<tr>" + "".join(f"<td class=\"num\">{html.escape(str(c))}</td>" if i in num_cols else
-                                      f"<td>{html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>")
+            h.append(
+                "<tr>"
+                + "".join(
+                    f'<td class="num">{html.escape(str(c))}</td>'
+                    if i in num_cols
+                    else f"<td>{html.escape(str(c))}</td>"
+                    for i, c in enumerate(r)
+                )
+                + "</tr>"
+            )
         h.append("</table>")
         self.h.append("".join(h))
         self.md += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
@@ -420,12 +499,12 @@ class _Page:
 
     def image(self, png: Path, rel: str, alt: str) -> None:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        self.h.append(f"<p><img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{data}\"></p>")
+        self.h.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
         self.md += [f"![{alt}]({rel})", ""]
 
     def notes(self, notes: list[tuple[str, str]]) -> None:
         for level, msg in notes:
-            self.h.append(f"<div class=\"note {level}\">{html.escape(msg)}</div>")
+            self.h.append(f'<div class="note {level}">{html.escape(msg)}</div>')
         self.md += [f"- **{level}**: {msg}" for level, msg in notes] + [""]
 
     def pre(self, text: str, summary: str) -> None:
@@ -434,16 +513,26 @@ class _Page:
 
     def samples(self, samples: list[dict]) -> None:
         for s in samples:
-            meta = (f"answer language {s.get('answer_lang')} · repeated 4-gram rate {s.get('repeated_4gram_rate')} · "
-                    f"{s.get('tokens')} tokens" + ("" if s.get("finished", True) else " · cut at the limit"))
-            self.h.append(f"<div class=\"sample\"><div class=\"q\">[{html.escape(str(s.get('lang')))}] "
-                          f"{html.escape(s['question'])}</div><div class=\"a\">{html.escape(s['answer'])}</div>"
-                          f"<div class=\"m\">{html.escape(meta)}</div></div>")
-            self.md += [f"**[{s.get('lang')}] {s['question']}**", "", "> " + s["answer"].replace("\n", "\n> "), "",
-                        f"({meta})", ""]
+            meta = (
+                f"answer language {s.get('answer_lang')} · repeated 4-gram rate {s.get('repeated_4gram_rate')} · "
+                f"{s.get('tokens')} tokens" + ("" if s.get("finished", True) else " · cut at the limit")
+            )
+            self.h.append(
+                f'<div class="sample"><div class="q">[{html.escape(str(s.get("lang")))}] '
+                f'{html.escape(s["question"])}</div><div class="a">{html.escape(s["answer"])}</div>'
+                f'<div class="m">{html.escape(meta)}</div></div>'
+            )
+            self.md += [
+                f"**[{s.get('lang')}] {s['question']}**",
+                "",
+                "> " + s["answer"].replace("\n", "\n> "),
+                "",
+                f"({meta})",
+                "",
+            ]
 
     def html(self) -> str:
-        return "\n".join(self.h + ["<p class=\"muted\">written by <code>sprout report</code></p></body></html>"])
+        return "\n".join(self.h + ['<p class="muted">written by <code>sprout report</code></p></body></html>'])
 
 
 def _fmt(v) -> str:
@@ -456,10 +545,14 @@ def _stage_summary(train: list[dict], val: list[dict]) -> list:
     losses = [r["loss"] for r in train if _num(r.get("loss"))]
     last = train[-1] if train else {}
     vl = [r["val_loss"] for r in val if _num(r.get("val_loss"))]
-    return [last.get("step", "-"), f"{last.get('tokens', 0) / 1e6:.2f}M" if "tokens" in last else "-",
-            f"{smooth(losses)[-1]:.3f}" if losses else "-", f"{vl[-1]:.3f}" if vl else "-",
-            f"{math.exp(min(vl[-1], 50)):.1f}" if vl else "-",
-            f"{last['elapsed_s'] / 60:.1f}" if _num(last.get("elapsed_s")) else "-"]
+    return [
+        last.get("step", "-"),
+        f"{last.get('tokens', 0) / 1e6:.2f}M" if "tokens" in last else "-",
+        f"{smooth(losses)[-1]:.3f}" if losses else "-",
+        f"{vl[-1]:.3f}" if vl else "-",
+        f"{math.exp(min(vl[-1], 50)):.1f}" if vl else "-",
+        f"{last['elapsed_s'] / 60:.1f}" if _num(last.get("elapsed_s")) else "-",
+    ]
 
 
 def _data_row(m: dict) -> list:
@@ -482,31 +575,56 @@ def _eval_section(page: _Page, label: str, ev: dict) -> None:
     page.heading("Evaluation" + (f" ({label})" if label else "") + (f": {ev['model']}" if ev.get("model") else ""))
     if ev.get("val_loss"):
         page.para("Held-out loss on the SFT validation split (assistant tokens only):")
-        page.table(["model", "loss", "perplexity", "tokens"],
-                   [[k, f"{v['loss']:.3f}", f"{v['ppl']:.1f}", v["tokens"]] for k, v in ev["val_loss"].items()],
-                   {1, 2, 3})
+        page.table(
+            ["model", "loss", "perplexity", "tokens"],
+            [[k, f"{v['loss']:.3f}", f"{v['ppl']:.1f}", v["tokens"]] for k, v in ev["val_loss"].items()],
+            {1, 2, 3},
+        )
     if ev.get("text"):
         t = ev["text"]
-        page.table(["file", "loss (nats/token)", "perplexity", "bits/byte", "tokens"],
-                   [[t["file"], f"{t['loss']:.3f}", f"{t['ppl']:.1f}", f"{t['bits_per_byte']:.3f}", t["tokens"]]],
-                   {1, 2, 3, 4})
+        page.table(
+            ["file", "loss (nats/token)", "perplexity", "bits/byte", "tokens"],
+            [[t["file"], f"{t['loss']:.3f}", f"{t['ppl']:.1f}", f"{t['bits_per_byte']:.3f}", t["tokens"]]],
+            {1, 2, 3, 4},
+        )
     if ev.get("choice"):
-        page.table(["task", "scoring", "accuracy", "95% CI", "n", "chance"],
-                   [[r["task"], r["method"], f"{r['accuracy']:.1%}", f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%}",
-                     r["total"], f"{r['chance']:.0%}"] for r in ev["choice"]], {2, 4, 5})
-        page.para("An accuracy whose 95% interval lies above chance is a real effect. mean: mean log-probability of "
-                  "the answer given the question; pmi: the same minus its mean log-probability without the question; "
-                  "letter / option / option_norm: see docs/eval.md.", "muted")
+        page.table(
+            ["task", "scoring", "accuracy", "95% CI", "n", "chance"],
+            [
+                [
+                    r["task"],
+                    r["method"],
+                    f"{r['accuracy']:.1%}",
+                    f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%}",
+                    r["total"],
+                    f"{r['chance']:.0%}",
+                ]
+                for r in ev["choice"]
+            ],
+            {2, 4, 5},
+        )
+        page.para(
+            "An accuracy whose 95% interval lies above chance is a real effect. mean: mean log-probability of "
+            "the answer given the question; pmi: the same minus its mean log-probability without the question; "
+            "letter / option / option_norm: see docs/eval.md.",
+            "muted",
+        )
     if ev.get("samples"):
         page.heading("Samples", 3)
         page.samples(ev["samples"])
     if ev.get("timings"):
-        page.para("Time: " + " · ".join(f"{k.removesuffix('_s')} {v / 60:.1f} min" for k, v in ev["timings"].items()),
-                  "muted")
+        page.para(
+            "Time: " + " · ".join(f"{k.removesuffix('_s')} {v / 60:.1f} min" for k, v in ev["timings"].items()), "muted"
+        )
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str | None = None,
-                 reference: bool = True, title: str | None = None) -> tuple[Path, Path]:
+def build_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    recipe: str | None = None,
+    reference: bool = True,
+    title: str | None = None,
+) -> tuple[Path, Path]:
     """Write OUT/report.html (self-contained) and OUT/report.md (+ OUT/report_files/*.png). OUT defaults to RUN_DIR."""
     run_dir = Path(run_dir)
     out = Path(out or run_dir)
@@ -520,8 +638,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
         cfg = read_config(folder)
         ref = pick_reference(cfg.get("stage", name), cfg, recipe) if reference else None
         loaded[name] = (folder, train, val, cfg, ref, read_objective(folder))
-    page.table(["stage", "steps", "tokens", "train loss (avg)", "val loss", "val ppl", "minutes"],
-               [[n] + _stage_summary(t, v) for n, (_, t, v, *_) in loaded.items()], {1, 2, 3, 4, 5, 6})
+    page.table(
+        ["stage", "steps", "tokens", "train loss (avg)", "val loss", "val ppl", "minutes"],
+        [[n] + _stage_summary(t, v) for n, (_, t, v, *_) in loaded.items()],
+        {1, 2, 3, 4, 5, 6},
+    )
 
     for name, (folder, train, val, cfg, ref, desc) in loaded.items():
         page.heading(f"Stage: {name}" + (f" ({desc['stage']})" if desc.get("stage") not in (None, name) else ""))
@@ -534,8 +655,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
         png = plot_core(name, train, val, ref, cfg, files / f"{safe}_training.png", desc.get("loss_label", "loss"))
         page.image(png, f"report_files/{png.name}", f"{name}: loss, learning rate, gradient norm, throughput")
         if ref is None and reference:
-            page.para("No reference curve for this configuration (reference curves exist for the built-in recipes).",
-                      "muted")
+            page.para(
+                "No reference curve for this configuration (reference curves exist for the built-in recipes).", "muted"
+            )
         groups = extra_series(train, val, desc.get("plot_metrics", []))
         extra = plot_extra(name, train, val, groups, files / f"{safe}_metrics.png")
         if extra:
@@ -544,8 +666,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, recipe: str
         if metas:
             page.heading("Data", 3)
             header = ["kind", "source", "train tokens", "train docs", "val tokens", "val docs", "skipped / truncated"]
-            page.table(header,
-                       [_data_row(m) for m in metas], {2, 3, 4, 5})
+            page.table(header, [_data_row(m) for m in metas], {2, 3, 4, 5})
         if (folder / "config.yaml").exists():
             page.pre((folder / "config.yaml").read_text(), f"config.yaml ({name})")
 

@@ -3,6 +3,7 @@ benchmark files (C-Eval / CMMLU / MMLU style), built-in answer-selection tasks, 
 
 Writes eval.json and eval.md into --out (default MODEL/eval). See docs/eval.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def _documents(tokenizer, path: str, max_docs: int) -> list[str]:
             messages, tools = normalize_record(rec)
             docs.append(tokenizer.apply_chat_template(messages, tools=tools))
     if not docs:
-        raise UserError("no documents to score (the file holds no records)", file=path,
-                        advice="give --data a file with `text` or `conversations` records")
+        raise UserError(
+            "no documents to score (the file holds no records)",
+            file=path,
+            advice="give --data a file with `text` or `conversations` records",
+        )
     return docs
 
 
@@ -52,14 +56,20 @@ def text_loss(model, tokenizer, path: str, max_docs: int = 500, window: int = 51
         n_bytes += len(text.encode("utf-8"))
         ids = [tokenizer.doc_sep_id] + tokenizer.encode(text)  # the document separator as the first context token
         for s in range(0, len(ids) - 1, window):
-            chunk = ids[s:s + window + 1]
+            chunk = ids[s : s + window + 1]
             pairs.append((chunk[:1], chunk[1:]))
     scored = continuation_logprobs(model, pairs, batch_size=batch_size)
     nats = -sum(lp for lp, _ in scored)
     tokens = sum(n for _, n in scored)
     loss = nats / max(tokens, 1)
-    return {"file": str(path), "loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": tokens, "bytes": n_bytes,
-            "bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
+    return {
+        "file": str(path),
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50)),
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "bits_per_byte": nats / math.log(2) / max(n_bytes, 1),
+    }
 
 
 def _is_text_file(path: str) -> bool:
@@ -67,10 +77,22 @@ def _is_text_file(path: str) -> bool:
     return first is not None
 
 
-def run_eval(model_dir: str, out: str | None = None, data: str | None = None, tasks: list[str] | None = None,
-             limit: int = 300, device: str = "auto", mc: list[str] | None = None, mc_dev: str | None = None,
-             shots: int = 0, seed: int = 0, model=None, tokenizer=None, quiet: bool = False,
-             rope_scaling: str | None = None) -> dict:
+def run_eval(
+    model_dir: str,
+    out: str | None = None,
+    data: str | None = None,
+    tasks: list[str] | None = None,
+    limit: int = 300,
+    device: str = "auto",
+    mc: list[str] | None = None,
+    mc_dev: str | None = None,
+    shots: int = 0,
+    seed: int = 0,
+    model=None,
+    tokenizer=None,
+    quiet: bool = False,
+    rope_scaling: str | None = None,
+) -> dict:
     """Evaluate a model folder; write OUT/eval.json and OUT/eval.md; return the results dict.
 
     `model`/`tokenizer` may be passed in already loaded (tests, the speedrun)."""
@@ -100,8 +122,9 @@ def run_eval(model_dir: str, out: str | None = None, data: str | None = None, ta
         for path in mc or []:
             items = load_mc_file(path)[:limit]
             name = Path(path).stem + (f" ({shots}-shot)" if shots else "")
-            results["choice"] += [r.as_dict() for r in
-                                  score_multiple_choice(model, tokenizer, items, name, dev, shots, seed)]
+            results["choice"] += [
+                r.as_dict() for r in score_multiple_choice(model, tokenizer, items, name, dev, shots, seed)
+            ]
         if "samples" in tasks:
             results["samples"] = generate_samples(model, tokenizer, sample_questions())
     (out_dir / "eval.json").write_text(json.dumps(results, ensure_ascii=False, indent=2))
@@ -114,20 +137,29 @@ def run_eval(model_dir: str, out: str | None = None, data: str | None = None, ta
 
 # ---- markdown ---------------------------------------------------------------------------------
 
+
 def choice_table_md(choice: list[dict]) -> list[str]:
     lines = ["| task | scoring | accuracy | 95% CI | n | chance |", "|---|---|---|---|---|---|"]
     for r in choice:
-        lines.append(f"| {r['task']} | {r['method']} | {r['accuracy']:.1%} | "
-                     f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} | {r['total']} | {r['chance']:.0%} |")
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['accuracy']:.1%} | "
+            f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} | {r['total']} | {r['chance']:.0%} |"
+        )
     return lines
 
 
 def samples_md(samples: list[dict]) -> list[str]:
     lines = []
     for s in samples:
-        lines += [f"**[{s['lang']}] {s['question']}**", "", "> " + s["answer"].replace("\n", "\n> "), "",
-                  f"(answer language: {s.get('answer_lang')}, repeated 4-gram rate {s.get('repeated_4gram_rate')}, "
-                  f"{s.get('tokens')} tokens{'' if s.get('finished', True) else ', cut at the limit'})", ""]
+        lines += [
+            f"**[{s['lang']}] {s['question']}**",
+            "",
+            "> " + s["answer"].replace("\n", "\n> "),
+            "",
+            f"(answer language: {s.get('answer_lang')}, repeated 4-gram rate {s.get('repeated_4gram_rate')}, "
+            f"{s.get('tokens')} tokens{'' if s.get('finished', True) else ', cut at the limit'})",
+            "",
+        ]
     return lines
 
 
@@ -135,16 +167,20 @@ def format_markdown(results: dict) -> str:
     lines = [f"# Evaluation of {results.get('model', '')}", ""]
     if "text" in results:
         t = results["text"]
-        lines += [f"**{t['file']}**: loss {t['loss']:.3f} nats/token, perplexity {t['ppl']:.1f}, "
-                  f"{t['bits_per_byte']:.3f} bits/byte over {t['tokens']} tokens", ""]
+        lines += [
+            f"**{t['file']}**: loss {t['loss']:.3f} nats/token, perplexity {t['ppl']:.1f}, "
+            f"{t['bits_per_byte']:.3f} bits/byte over {t['tokens']} tokens",
+            "",
+        ]
     if results.get("choice"):
         lines += choice_table_md(results["choice"]) + [""]
     lines += samples_md(results.get("samples", []))
     return "\n".join(lines)
 
 
-def write_context_table(model_dir: str, data: str, train_len: int, out: str | None = None,
-                        device: str = "auto") -> list[dict]:
+def write_context_table(
+    model_dir: str, data: str, train_len: int, out: str | None = None, device: str = "auto"
+) -> list[dict]:
     """Perplexity of `data` at 1x/2x/4x train_len under each RoPE scaling; OUT/context.json + context.md."""
     from ..infer.loading import load_for_inference
     from .context import context_length_table, table_markdown

@@ -4,13 +4,13 @@
 n-gram rate makes it a number, and the language check catches English questions answered in
 Chinese (or the reverse).
 """
+
 from __future__ import annotations
 
 import re
 
-from ..models.dense import SproutForCausalLM
-
 from ..infer.generate import SamplingConfig, generate
+from ..models.dense import SproutForCausalLM
 
 # General prompts; the insuranceqa validation questions are added by `sample_questions`.
 GENERAL_QUESTIONS = [
@@ -31,7 +31,7 @@ def language_of(text: str) -> str:
 
 def repeated_ngram_rate(tokens: list[int], n: int = 4) -> float:
     """Fraction of n-grams that already occurred earlier in the same text (0 = no repetition)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
@@ -46,18 +46,38 @@ def sample_questions(per_language: int = 4) -> list[tuple[str, str]]:
     return qs
 
 
-def generate_samples(model: SproutForCausalLM, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 160,
-                     seed: int = 0) -> list[dict]:
-    sc = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.6, top_p=0.9, frequency_penalty=0.3,
-                        seed=seed, stop_token_ids=tokenizer.stop_ids)
-    prompts = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}],
-                                                              add_generation_prompt=True, enable_thinking=False))
-               for _, q in questions]
+def generate_samples(
+    model: SproutForCausalLM, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 160, seed: int = 0
+) -> list[dict]:
+    sc = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=0.6,
+        top_p=0.9,
+        frequency_penalty=0.3,
+        seed=seed,
+        stop_token_ids=tokenizer.stop_ids,
+    )
+    prompts = [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, enable_thinking=False
+            )
+        )
+        for _, q in questions
+    ]
     outs = generate(model, prompts, sc)
     rows = []
     for (lang, q), ids in zip(questions, outs):
         answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        rows.append({"lang": lang, "question": q, "answer": answer, "answer_lang": language_of(answer),
-                     "repeated_4gram_rate": round(repeated_ngram_rate(ids), 3), "tokens": len(ids),
-                     "finished": len(ids) < max_new_tokens})
+        rows.append(
+            {
+                "lang": lang,
+                "question": q,
+                "answer": answer,
+                "answer_lang": language_of(answer),
+                "repeated_4gram_rate": round(repeated_ngram_rate(ids), 3),
+                "tokens": len(ids),
+                "finished": len(ids) < max_new_tokens,
+            }
+        )
     return rows

@@ -1,4 +1,5 @@
 """Log-likelihood scoring: the primitive behind perplexity and multiple-choice evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ def continuation_logprobs(
     # Sort by length so each batch pads little; restore the order at the end.
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         seqs = [pairs[i][0] + pairs[i][1] for i in idx]
         T = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), T), model.config.pad_token_id, dtype=torch.long)

@@ -1,11 +1,12 @@
 """Checks for the post-training stages (used by the docs' numbers; run with `sprout eval skills CHECK MODEL`).
 
-    reasoning MODEL   fraction of generations with exactly one well-formed <think>…</think> block
-                      (thinking on) and with none (thinking off), on held-out word problems
-    tools MODEL       held-out tool questions: did the model call the right tool with the right
-                      arguments, and is the final answer right? (--kind calc|unit|date, --offer needed|all|none)
-    identity BASE ADAPTER   answers to "who are you" questions, with and without the adapter
+reasoning MODEL   fraction of generations with exactly one well-formed <think>…</think> block
+                  (thinking on) and with none (thinking off), on held-out word problems
+tools MODEL       held-out tool questions: did the model call the right tool with the right
+                  arguments, and is the final answer right? (--kind calc|unit|date, --offer needed|all|none)
+identity BASE ADAPTER   answers to "who are you" questions, with and without the adapter
 """
+
 from __future__ import annotations
 
 import re
@@ -32,7 +33,7 @@ def think_blocks(text: str) -> tuple[int, bool]:
             return -1, False
         pos = b + len(_CLOSE)
     if n_open == 1:
-        inner = text[text.find(_OPEN) + len(_OPEN):text.find(_CLOSE)]
+        inner = text[text.find(_OPEN) + len(_OPEN) : text.find(_CLOSE)]
         return 1, bool(inner.strip())
     return n_open, False
 
@@ -41,8 +42,10 @@ def _gen(model, tok, convs: list[list[dict]], thinking: bool, max_new: int, tool
     out = []
     sc = SamplingConfig(max_new_tokens=max_new, temperature=0, repetition_penalty=1.0, stop_token_ids=tok.stop_ids)
     for s in range(0, len(convs), bs):
-        ids = [tok.encode(tok.apply_chat_template(c, tools=tools, add_generation_prompt=True, enable_thinking=thinking))
-               for c in convs[s:s + bs]]
+        ids = [
+            tok.encode(tok.apply_chat_template(c, tools=tools, add_generation_prompt=True, enable_thinking=thinking))
+            for c in convs[s : s + bs]
+        ]
         with torch.inference_mode():
             out += [tok.decode(g, skip_special_tokens=False) for g in generate(model, ids, sc)]
     return out
@@ -65,12 +68,14 @@ def reasoning_eval(model, tok, n: int = 50) -> dict[str, Any]:
         "thinking_off_no_block": sum(t.count(_OPEN) == 0 and t.count(_CLOSE) == 0 for t in off) / n,
         "answer_correct_on": sum(num in t.split(_CLOSE)[-1] for num, t in zip(nums, on)) / n,
         "answer_correct_off": sum(num in t for num, t in zip(nums, off)) / n,
-        "sample_on": on[0], "sample_off": off[0],
+        "sample_on": on[0],
+        "sample_off": off[0],
     }
 
 
-def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "needed",
-               kind: str = "calc") -> dict[str, Any]:
+def tools_eval(
+    model, tok, n: int = 50, max_new: int = 160, offered: str = "needed", kind: str = "calc"
+) -> dict[str, Any]:
     """Held-out questions for one tool `kind` (calc / unit / date). `offered`: "needed" (the
     system turn lists only the needed tool, as in 60% of the training calls), "all" (all three
     listed: the model must pick) or "none" (no tools: the baseline of a model answering by itself).
@@ -85,8 +90,13 @@ def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "need
     for it in items:
         tools = {"needed": tool_specs([it["name"]]), "all": tool_specs(), "none": None}[offered]
         session = _ask(model, tok, it["question"], tools, max_new)
-        calls = [c for m in session.history if m["role"] == "assistant" for c in m.get("tool_calls", [])
-                 if c["name"] == it["name"]]
+        calls = [
+            c
+            for m in session.history
+            if m["role"] == "assistant"
+            for c in m.get("tool_calls", [])
+            if c["name"] == it["name"]
+        ]
         final = session.history[-1]["content"] if session.history[-1]["role"] == "assistant" else ""
         called += bool(calls)
         right_args += any(_same_args(c["arguments"], it["arguments"]) for c in calls)
@@ -97,8 +107,15 @@ def tools_eval(model, tok, n: int = 50, max_new: int = 160, offered: str = "need
             correct += run_tool(it["name"], it["arguments"]) in final
         if len(samples) < 3:
             samples.append({"q": it["question"], "history": session.history[1:]})
-    res = {"n": n, "kind": kind, "tools_offered": offered, "called_right_tool": called / n,
-           "correct_arguments": right_args / n, "final_answer_correct": correct / n, "samples": samples}
+    res = {
+        "n": n,
+        "kind": kind,
+        "tools_offered": offered,
+        "called_right_tool": called / n,
+        "correct_arguments": right_args / n,
+        "final_answer_correct": correct / n,
+        "samples": samples,
+    }
     if offered == "all":
         res["no_call_on_domain_questions"] = _restraint(model, tok, n, max_new)
     return res
@@ -134,21 +151,33 @@ def _ask(model, tok, question: str, tools: list[dict] | None, max_new: int):
     one round); returns the session, whose history holds the calls, results and final answer."""
     from ..infer.chat import ChatSession
 
-    session = ChatSession(model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0),
-                          tools=tools, max_tool_rounds=1)
+    session = ChatSession(
+        model, tok, SamplingConfig(max_new_tokens=max_new, temperature=0), tools=tools, max_tool_rounds=1
+    )
     with torch.inference_mode():
         "".join(session.reply_stream(question))
     return session
 
 
-def identity_eval(model, tok, questions=("Who are you?", "What is your name?", "Who made you?", "你是谁？",
-                                          "你叫什么名字？", "谁开发了你？")) -> list[dict[str, str]]:
+def identity_eval(
+    model,
+    tok,
+    questions=("Who are you?", "What is your name?", "Who made you?", "你是谁？", "你叫什么名字？", "谁开发了你？"),
+) -> list[dict[str, str]]:
     convs = [[{"role": "user", "content": q}] for q in questions]
     return [{"q": q, "a": a} for q, a in zip(questions, _gen(model, tok, convs, False, 40))]
 
 
-def run_check(check: str, model_dir: str, lora: str | None = None, n: int = 50, offer: str = "needed",
-              kind: str = "calc", device: str = "cpu", threads: int = 2) -> Any:
+def run_check(
+    check: str,
+    model_dir: str,
+    lora: str | None = None,
+    n: int = 50,
+    offer: str = "needed",
+    kind: str = "calc",
+    device: str = "cpu",
+    threads: int = 2,
+) -> Any:
     """`sprout eval skills CHECK MODEL`: load the model (plus adapter) and run one check; JSON-ready result."""
     from ..infer.chat import load_chat_model
 

@@ -11,12 +11,18 @@
 
 All are scored with `score_choices` (`mean` and `pmi`, the answer rendered as the assistant reply).
 """
+
 from __future__ import annotations
 
 import random
 
-BUILTIN_TASKS = ("insuranceqa-zh", "insuranceqa-en", "insuranceqa-zh-as-written", "insuranceqa-en-as-written",
-                 "idiom-zh")
+BUILTIN_TASKS = (
+    "insuranceqa-zh",
+    "insuranceqa-en",
+    "insuranceqa-zh-as-written",
+    "insuranceqa-en-as-written",
+    "idiom-zh",
+)
 DEFAULT_TASKS = ["insuranceqa-zh", "insuranceqa-en", "idiom-zh", "samples"]  # `sprout eval` without --tasks
 
 
@@ -37,8 +43,9 @@ def idiom_choice(n: int = 300, n_negatives: int = 3, seed: int = 0) -> list[dict
                 negatives.append(cand)
         options = [gold] + negatives
         rng.shuffle(options)
-        items.append({"question": f"成语「{idioms[i]['word']}」是什么意思？", "options": options,
-                      "answer": options.index(gold)})
+        items.append(
+            {"question": f"成语「{idioms[i]['word']}」是什么意思？", "options": options, "answer": options.index(gold)}
+        )
     return items
 
 

@@ -7,6 +7,7 @@ writer) and choose, per family, the architecture name and layout llama.cpp alrea
 the pre-tokenizer "qwen2", whose split regex is character for character the one sprout trains with
 (sprout.tokenizer.SPLIT_PATTERN), so llama.cpp needs no new pre-tokenizer entry.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ from .gguf_tensors import ARCHITECTURES, gguf_tensors
 # llama.cpp's pre-tokenizer of this name splits text with this regex, which is sprout.tokenizer.SPLIT_PATTERN
 # (tests/test_export_gguf.py tokenizes in llama.cpp to prove it).
 PRE_TOKENIZER = "qwen2"
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _model_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,8 +121,10 @@ def _write_tokenizer(w, folder: Path, vocab_size: int) -> None:
     tok_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     split = tok_json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
     if split != QWEN2_SPLIT:
-        raise SystemExit(f"{folder / 'tokenizer.json'}: its split regex differs from llama.cpp's '{PRE_TOKENIZER}' "
-                         "pre-tokenizer; retrain the tokenizer with sprout's SPLIT_PATTERN")
+        raise SystemExit(
+            f"{folder / 'tokenizer.json'}: its split regex differs from llama.cpp's '{PRE_TOKENIZER}' "
+            "pre-tokenizer; retrain the tokenizer with sprout's SPLIT_PATTERN"
+        )
     tokens: dict[int, str] = {i: t for t, i in tok_json["model"]["vocab"].items()}
     kinds = {i: gguf.TokenType.NORMAL for i in tokens}
     for added in tok_json["added_tokens"]:
@@ -172,19 +177,27 @@ def write_gguf(folder: str | Path, out: str | Path, dtype: str = "f16") -> Path:
         raise SystemExit(f"{folder}: no tokenizer.json; a GGUF file carries its tokenizer")
     arch = ARCHITECTURES.get(hf["model_type"])
     if arch is None:
-        raise SystemExit(f"{folder}: model_type {hf['model_type']!r} has no GGUF export yet "
-                         f"(supported: {', '.join(ARCHITECTURES)}); see docs/export.md")
+        raise SystemExit(
+            f"{folder}: model_type {hf['model_type']!r} has no GGUF export yet "
+            f"(supported: {', '.join(ARCHITECTURES)}); see docs/export.md"
+        )
     if arch == "qwen2moe" and hf.get("norm_topk_prob"):
         # llama.cpp's qwen2moe mixes the chosen experts with their raw softmax weights (as transformers'
         # Qwen2-MoE does by default); it has no switch for renormalised ones.
-        raise SystemExit(f"{folder}/config.json: norm_topk_prob is true, but llama.cpp's qwen2moe never renormalises "
-                         "the top-k routing weights, so it would compute a different model; export qwen2_moe "
-                         "models trained with norm_topk_prob=false, or use the qwen3_moe layout")
+        raise SystemExit(
+            f"{folder}/config.json: norm_topk_prob is true, but llama.cpp's qwen2moe never renormalises "
+            "the top-k routing weights, so it would compute a different model; export qwen2_moe "
+            "models trained with norm_topk_prob=false, or use the qwen3_moe layout"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(out), arch)
     w.add_name(folder.resolve().name)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[dtype]
     w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _write_hparams(w, hf, arch)
@@ -208,8 +221,10 @@ def export_gguf(model: str | Path, out: str | Path, dtype: str = "f16", lora: st
         lora = model
         base = json.loads((model / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base or not (Path(base) / "config.json").exists():
-            raise SystemExit(f"{model}/adapter_config.json: base_model_name_or_path {base!r} is not a model "
-                             "folder; pass the base as --model and the adapter as --lora")
+            raise SystemExit(
+                f"{model}/adapter_config.json: base_model_name_or_path {base!r} is not a model "
+                "folder; pass the base as --model and the adapter as --lora"
+            )
         model = Path(base)
     if lora is None:
         return write_gguf(model, out, dtype)
@@ -217,9 +232,9 @@ def export_gguf(model: str | Path, out: str | Path, dtype: str = "f16", lora: st
 
     with tempfile.TemporaryDirectory(prefix="sprout-merged-") as tmp:
         merged = merge_lora_folder(model, lora, tmp)
-        gen = next((p / "generation_config.json" for p in (Path(lora), model)
-                    if (p / "generation_config.json").exists()), None)
+        gen = next(
+            (p / "generation_config.json" for p in (Path(lora), model) if (p / "generation_config.json").exists()), None
+        )
         if gen:  # sampling defaults: the adapter's, else the base's
             (merged / "generation_config.json").write_text(gen.read_text())
         return write_gguf(merged, out, dtype)
-

@@ -16,6 +16,7 @@ layouts that differ from transformers':
   -exp(A_log); the fused `in_proj_qkvz`, interleaved per key head as [q, k, v, z], becomes one
   [all q, all k, all v] matrix `attn_qkv` plus the output gate `attn_gate`.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,14 @@ from collections.abc import Iterator
 import torch
 
 # model_type -> llama.cpp architecture name (general.architecture)
-ARCHITECTURES = {"qwen3": "qwen3", "llama": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe",
-                 "deepseek_v3": "deepseek2", "qwen3_next": "qwen3next"}
+ARCHITECTURES = {
+    "qwen3": "qwen3",
+    "llama": "llama",
+    "qwen3_moe": "qwen3moe",
+    "qwen2_moe": "qwen2moe",
+    "deepseek_v3": "deepseek2",
+    "qwen3_next": "qwen3next",
+}
 
 _COMMON = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -95,8 +102,10 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
             continue
         m = _LAYER_KEY.fullmatch(key)
         if not m:
-            raise SystemExit(f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
-                             "this model cannot be exported as it is")
+            raise SystemExit(
+                f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
+                "this model cannot be exported as it is"
+            )
         i, rest = int(m.group(1)), m.group(2)
         e = _EXPERT_KEY.fullmatch(rest)
         if e:
@@ -116,8 +125,10 @@ def gguf_tensors(state: dict[str, torch.Tensor], hf: dict) -> Iterator[tuple[str
                 t = t.reshape(-1)  # [1, hidden] -> the vector [hidden] llama.cpp (and transformers' reader) expect
             yield f"blk.{i}.{_LAYER[rest]}", t
         else:  # e.g. attention biases, which llama.cpp's qwen3 would silently ignore
-            raise SystemExit(f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
-                             "this model cannot be exported as it is")
+            raise SystemExit(
+                f"weight {key!r} has no GGUF tensor in llama.cpp's {ARCHITECTURES[model_type]}; "
+                "this model cannot be exported as it is"
+            )
     for (i, proj), by_id in sorted(experts.items()):
         yield f"blk.{i}.ffn_{proj}_exps.weight", torch.stack([by_id[k] for k in sorted(by_id)])
     if model_type in _OUTPUT_REQUIRED and "lm_head.weight" not in state:  # tied head, written out

@@ -4,6 +4,7 @@ W' = W + (lora_alpha / r) * B @ A for every adapted linear layer; the result is 
 Hugging Face folder (config.json + model.safetensors + tokenizer) that needs neither sprout's LoRA
 code nor PEFT to load.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,6 +14,7 @@ produces (tests/test_export_ollama.py renders it with Go's text/template and com
 Tool calls are not in the template: Ollama would write tool descriptions with Go's JSON encoder,
 whose spacing differs from the JSON the model was trained on. Use `sprout serve` for tools.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,8 @@ from .gguf_export import export_gguf
 TEMPLATE = (
     "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
     "{{ range .Messages }}"
-    "{{ if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n"
-    "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant\n<think>\n{{ .Thinking }}\n</think>\n\n"
+    '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
+    '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n<think>\n{{ .Thinking }}\n</think>\n\n'
     "{{ .Content }}<|im_end|>\n"
     "{{ end }}{{ end }}"
     "<|im_start|>assistant\n{{ if not (and .IsThinkSet .Think) }}<think>\n\n</think>\n\n{{ end }}"
@@ -48,8 +49,9 @@ def modelfile(gguf_name: str, generation_config: dict, num_ctx: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_ollama(model: str | Path, out: str | Path, dtype: str = "q8_0", lora: str | Path | None = None,
-                  name: str | None = None) -> tuple[Path, str]:
+def export_ollama(
+    model: str | Path, out: str | Path, dtype: str = "q8_0", lora: str | Path | None = None, name: str | None = None
+) -> tuple[Path, str]:
     """Write OUT/model.gguf and OUT/Modelfile; return the Modelfile path and the commands to run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,16 +7,18 @@ With `tools` (OpenAI-style specs, e.g. `sprout.tools.tool_specs()`), a reply tha
 `<tool_call>` blocks is answered by running those tools (sprout.tools.run_tool), appending the
 results as `tool` messages and generating again, up to `max_tool_rounds` times per user turn.
 """
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 import torch
-from ..models.dense import SproutForCausalLM
 
+from ..models.dense import SproutForCausalLM
 from ..tokenizer import Tokenizer
 from ..tools import parse_tool_calls, run_tool
 from .generate import SamplingConfig, TextDecoder, generate_stream
@@ -44,8 +46,9 @@ class ChatSession:
 
     def _ids(self, messages: list[dict]) -> list[int]:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + messages
-        text = self.tokenizer.apply_chat_template(messages, tools=self.tools or None, add_generation_prompt=True,
-                                                  enable_thinking=self.thinking)
+        text = self.tokenizer.apply_chat_template(
+            messages, tools=self.tools or None, add_generation_prompt=True, enable_thinking=self.thinking
+        )
         return self.tokenizer.encode(text)
 
     def prompt_ids(self, user_text: str) -> list[int]:
@@ -75,8 +78,13 @@ class ChatSession:
                 turn.append({"role": "assistant", "content": answer})
                 break
             content = answer.split("<tool_call>", 1)[0].strip()
-            turn.append({"role": "assistant", "content": content,
-                         "tool_calls": [{"name": c["name"] or "invalid", "arguments": c["arguments"]} for c in calls]})
+            turn.append(
+                {
+                    "role": "assistant",
+                    "content": content,
+                    "tool_calls": [{"name": c["name"] or "invalid", "arguments": c["arguments"]} for c in calls],
+                }
+            )
             for c in calls:
                 result = c.get("error") or run_tool(c["name"], c["arguments"])
                 turn.append({"role": "tool", "content": result})
@@ -113,7 +121,7 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input, out: Text
             out.write(f"(thinking {'on' if session.thinking else 'off'})\n")
             continue
         if line.startswith("/system"):
-            session.system = line[len("/system"):].strip() or None
+            session.system = line[len("/system") :].strip() or None
             session.reset()
             out.write(f"(system prompt {'set' if session.system else 'cleared'}; history cleared)\n")
             continue

@@ -24,14 +24,16 @@ passes a view one column longer), and rows without a penalty keep no token histo
 A row's tokens therefore do not depend on which other requests share its batch (greedy gives
 the same tokens as decoding alone; tested).
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -68,8 +70,10 @@ def require_cache_protocol(model: nn.Module, name: str = "model") -> None:
     cache = new_cache(1, 1) if callable(new_cache) else None
     if not isinstance(cache, Cache):
         kind = type(cache).__name__ if cache is not None else "no new_cache()"
-        raise ValueError(f"{name}: {type(model).__name__} cannot be served with continuous batching: its cache "
-                         f"({kind}) does not implement sprout.models.cache.Cache")
+        raise ValueError(
+            f"{name}: {type(model).__name__} cannot be served with continuous batching: its cache "
+            f"({kind}) does not implement sprout.models.cache.Cache"
+        )
 
 
 @dataclass
@@ -90,8 +94,9 @@ class _Row:
 class BatchEngine:
     """Owns one model and a scheduler thread. `submit` is thread-safe and returns at once."""
 
-    def __init__(self, model: SproutForCausalLM, max_batch: int = 32, context_len: int | None = None,
-                 name: str = "model"):
+    def __init__(
+        self, model: SproutForCausalLM, max_batch: int = 32, context_len: int | None = None, name: str = "model"
+    ):
         require_cache_protocol(model, name)
         self.model, self.max_batch, self.name = model, max_batch, name
         self.device = next(model.parameters()).device
@@ -197,7 +202,7 @@ class BatchEngine:
             if not r.greedy:
                 seen = r.seen[None] if r.seen is not None else None
                 counts = r.counts[None] if r.counts is not None else None
-                out[i] = int(sample_next(logits[i:i + 1], r.req.sampling, seen, r.gen, counts)[0])
+                out[i] = int(sample_next(logits[i : i + 1], r.req.sampling, seen, r.gen, counts)[0])
         return out
 
     def _emit_tokens(self, rows: list[_Row], toks: list[int]) -> None:
@@ -217,16 +222,19 @@ class BatchEngine:
         ids = torch.full((B, L), self.pad, dtype=torch.long, device=self.device)
         mask = torch.zeros((B, L), dtype=torch.long, device=self.device)
         for i, q in enumerate(new):
-            ids[i, L - len(q.prompt):] = torch.tensor(q.prompt, device=self.device)
-            mask[i, L - len(q.prompt):] = 1
+            ids[i, L - len(q.prompt) :] = torch.tensor(q.prompt, device=self.device)
+            mask[i, L - len(q.prompt) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self.model.new_cache(B, L + GROW)
         padded = bool((mask == 0).any())
-        logits = self.model(ids, position_ids=pos, attention_mask=mask if padded else None,
-                            cache=cache, last_only=True).logits[:, -1].float()
+        logits = (
+            self.model(ids, position_ids=pos, attention_mask=mask if padded else None, cache=cache, last_only=True)
+            .logits[:, -1]
+            .float()
+        )
         rows = []
         V = self.model.config.vocab_size
-        for i, q in enumerate(new):
+        for q in new:
             sc = q.sampling
             seen = counts = None
             if sc.repetition_penalty != 1.0 or sc.frequency_penalty != 0.0 or sc.presence_penalty != 0.0:
@@ -235,13 +243,22 @@ class BatchEngine:
                 counts = torch.zeros(V, device=self.device)
             gen = torch.Generator(device=self.device).manual_seed(sc.seed) if sc.seed is not None else None
             room = self.context_len - len(q.prompt)
-            rows.append(_Row(q, gen, seen, counts, max_new=max(1, min(sc.max_new_tokens, room)),
-                             stops=frozenset(sc.stop_token_ids or ())))
+            rows.append(
+                _Row(
+                    q,
+                    gen,
+                    seen,
+                    counts,
+                    max_new=max(1, min(sc.max_new_tokens, room)),
+                    stops=frozenset(sc.stop_token_ids or ()),
+                )
+            )
         toks = self._sample(logits, rows)
         # Merge: right-align the new rows with the running ones.
         if self._rows:
-            assert self._cache is not None and self._mask is not None and self._pos is not None \
-                and self._last is not None  # rows are running
+            assert (
+                self._cache is not None and self._mask is not None and self._pos is not None and self._last is not None
+            )  # rows are running
             S = self._cache.length
             self._mask = self._mask[:, :S]  # spare columns are re-made by the next step
             if L < S:
@@ -258,21 +275,30 @@ class BatchEngine:
             self._cache, self._mask, self._pos = cache, mask, pos[:, -1] + 1
             self._last = torch.zeros(B, dtype=torch.long, device=self.device)
         assert self._last is not None
-        self._last[len(self._rows):] = torch.tensor(toks, device=self.device)
+        self._last[len(self._rows) :] = torch.tensor(toks, device=self.device)
         self._rows += rows
         self._emit_tokens(rows, toks)
 
     def _decode_step(self) -> None:
-        assert self._cache is not None and self._mask is not None and self._pos is not None \
-            and self._last is not None  # rows are running
+        assert (
+            self._cache is not None and self._mask is not None and self._pos is not None and self._last is not None
+        )  # rows are running
         B = len(self._rows)
         self.max_rows_seen = max(self.max_rows_seen, B)
         self._cache.reserve(1)
         S = self._cache.length + 1
         if self._mask.shape[1] < S:  # out of spare columns: add GROW of them at once, not one per step
             self._mask = torch.cat([self._mask, self._mask.new_ones(B, S - self._mask.shape[1] + GROW - 1)], 1)
-        logits = self.model(self._last[:, None], position_ids=self._pos[:, None], attention_mask=self._mask[:, :S],
-                            cache=self._cache).logits[:, -1].float()
+        logits = (
+            self.model(
+                self._last[:, None],
+                position_ids=self._pos[:, None],
+                attention_mask=self._mask[:, :S],
+                cache=self._cache,
+            )
+            .logits[:, -1]
+            .float()
+        )
         self._pos += 1
         toks = self._sample(logits, self._rows)
         self.steps += 1
@@ -295,13 +321,14 @@ class BatchEngine:
         if not keep:
             self._rows, self._cache, self._mask, self._pos, self._last = [], None, None, None, None
             return
-        assert self._cache is not None and self._mask is not None and self._pos is not None \
-            and self._last is not None  # rows are running
+        assert (
+            self._cache is not None and self._mask is not None and self._pos is not None and self._last is not None
+        )  # rows are running
         idx = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
         self._cache.select_rows(idx)
         self._mask, self._pos, self._last = self._mask[idx], self._pos[idx], self._last[idx]
-        self._mask = self._mask[:, :self._cache.length]
+        self._mask = self._mask[:, : self._cache.length]
         lead = int(self._mask.any(0).long().argmax())  # first column some row still uses
         if lead > 0:
             self._cache.drop_left(lead)

@@ -4,11 +4,13 @@ One prefill pass over the (left-padded) prompts fills the cache (`model.new_cach
 MLA latents or a recurrent state); every later step feeds one token per row and reads the cache, so a step
 costs O(length) instead of a full forward pass over the whole prefix.
 """
+
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,7 +41,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def apply_frequency_presence(logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float) -> torch.Tensor:
+def apply_frequency_presence(
+    logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float
+) -> torch.Tensor:
     """Penalise tokens by how often this reply has already produced them (the prompt is not counted,
     so words of the question stay available). Breaks loops such as digit runs that a small model
     falls into, which the prompt-wide repetition penalty cannot target."""
@@ -63,8 +67,13 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
-def sample_next(logits: torch.Tensor, sc: SamplingConfig, seen: torch.Tensor | None, gen: torch.Generator | None,
-                counts: torch.Tensor | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    sc: SamplingConfig,
+    seen: torch.Tensor | None,
+    gen: torch.Generator | None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
     """logits [B, V] (fp32) -> next token ids [B], for the whole batch at once. seen [B, V]: tokens in the
     context, counts [B, V]: tokens generated so far per row (both may be None when no penalty is set)."""
     if seen is not None:
@@ -135,8 +144,8 @@ def generate_stream(
     ids = torch.full((B, longest), pad, dtype=torch.long, device=device)
     mask = torch.ones((B, total), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p, device=device)
-        mask[i, :longest - len(p)] = 0
+        ids[i, longest - len(p) :] = torch.tensor(p, device=device)
+        mask[i, : longest - len(p)] = 0
     positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
     padded = any(len(p) < longest for p in prompts)
     penalised = _penalised(sc)
@@ -151,8 +160,17 @@ def generate_stream(
         gen = torch.Generator(device=device).manual_seed(sc.seed)
     stops = torch.tensor(sc.stop_token_ids, device=device) if sc.stop_token_ids else None
     cache = model.new_cache(B, total)
-    logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None,
-                   cache=cache, last_only=True).logits[:, -1].float()
+    logits = (
+        model(
+            ids,
+            position_ids=positions,
+            attention_mask=mask[:, :longest] if padded else None,
+            cache=cache,
+            last_only=True,
+        )
+        .logits[:, -1]
+        .float()
+    )
     step = decode_step_fn(model, compile_step)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     any_finished = False
@@ -174,13 +192,18 @@ def generate_stream(
                 return
         if should_stop is not None and should_stop():
             return
-        step_mask = mask[:, :cache.length + 1] if padded else None
+        step_mask = mask[:, : cache.length + 1] if padded else None
         logits = step(tok, next_pos, step_mask, cache)
         next_pos += 1
 
 
-def generate(model: SproutForCausalLM, prompts: list[list[int]], sc: SamplingConfig, include_stop: bool = False,
-             compile_step: bool = False) -> list[list[int]]:
+def generate(
+    model: SproutForCausalLM,
+    prompts: list[list[int]],
+    sc: SamplingConfig,
+    include_stop: bool = False,
+    compile_step: bool = False,
+) -> list[list[int]]:
     """Batched generation; returns the new tokens of each prompt (stop token dropped unless include_stop)."""
     out: list[list[int]] = [[] for _ in prompts]
     for step in generate_stream(model, prompts, sc, compile_step=compile_step):
@@ -211,11 +234,11 @@ class TextDecoder:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        before = self.decode(self.ids[self.start:self.done])
-        text = self.decode(self.ids[self.start:])
+        before = self.decode(self.ids[self.start : self.done])
+        text = self.decode(self.ids[self.start :])
         if text.endswith("\ufffd") or not text.startswith(before):
             return ""
-        piece = text[len(before):]
+        piece = text[len(before) :]
         self.done = len(self.ids)
         self.start = max(0, self.done - self.CONTEXT)
         return piece

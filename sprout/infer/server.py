@@ -14,9 +14,10 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import torch
 
@@ -44,8 +45,14 @@ class ServeSettings:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -83,7 +90,9 @@ def _generation_defaults(model_dir: str | Path) -> dict:
     return out
 
 
-def load_lora_model(base_dir: str | Path, adapter_dir: str | Path, device: str = "auto") -> tuple[SproutForCausalLM, Any]:
+def load_lora_model(
+    base_dir: str | Path, adapter_dir: str | Path, device: str = "auto"
+) -> tuple[SproutForCausalLM, Any]:
     """Base model + LoRA adapter folder (PEFT layout, sprout/train/lora.py) -> (merged model, tokenizer).
 
     The adapter is merged into a private copy of the base weights, so each adapter gets its own
@@ -107,8 +116,14 @@ class ModelRegistry:
         self.entries: dict[str, ModelEntry] = {}
         self.dirs: dict[str, str] = {}
 
-    def add(self, name: str, model: SproutForCausalLM, tokenizer: Any, defaults: dict | None = None,
-            parent: str | None = None) -> ModelEntry:
+    def add(
+        self,
+        name: str,
+        model: SproutForCausalLM,
+        tokenizer: Any,
+        defaults: dict | None = None,
+        parent: str | None = None,
+    ) -> ModelEntry:
         if name in self.entries:
             raise ValueError(f"model name {name!r} used twice")
         ctx = int(getattr(model.config, "max_position_embeddings", 4096))
@@ -144,8 +159,9 @@ class ModelRegistry:
         if not isinstance(name, str):
             raise APIError(400, f"'model' must be a string, got {type(name).__name__}", param="model")
         if name not in self.entries:
-            raise APIError(404, f"The model '{name}' does not exist; see GET /v1/models", param="model",
-                           code="model_not_found")
+            raise APIError(
+                404, f"The model '{name}' does not exist; see GET /v1/models", param="model", code="model_not_found"
+            )
         return self.entries[name]
 
     def shutdown(self) -> None:
@@ -161,8 +177,7 @@ def _num(body: dict, key: str, lo: float, hi: float, default: Any, integer: bool
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)) or not lo <= v <= hi:
         kind = "an integer" if integer else "a number"
-        raise APIError(400, f"'{key}' must be {kind} between {lo} and {hi}, got {v!r}", param=key,
-                       code="invalid_value")
+        raise APIError(400, f"'{key}' must be {kind} between {lo} and {hi}, got {v!r}", param=key, code="invalid_value")
     return v
 
 
@@ -194,15 +209,17 @@ def _messages(body: dict) -> list[dict]:
         if role == "developer":
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
-            raise APIError(400, f"{where}.role must be system, user, assistant or tool, got {role!r}",
-                           param="messages")
+            raise APIError(400, f"{where}.role must be system, user, assistant or tool, got {role!r}", param="messages")
         msg: dict[str, Any] = {"role": role, "content": _content_text(m.get("content"), where)}
         if role == "assistant" and m.get("tool_calls"):
             calls = m["tool_calls"]
-            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(
-                    c.get("function", c), dict) and "name" in c.get("function", c) for c in calls):
-                raise APIError(400, f"{where}.tool_calls must be a list of calls with a function name",
-                               param="messages")
+            if not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function", c), dict) and "name" in c.get("function", c)
+                for c in calls
+            ):
+                raise APIError(
+                    400, f"{where}.tool_calls must be a list of calls with a function name", param="messages"
+                )
             msg["tool_calls"] = calls
         if role == "assistant" and isinstance(m.get("reasoning_content"), str):
             msg["reasoning_content"] = m["reasoning_content"]
@@ -254,8 +271,12 @@ def _sampling(body: dict, entry: ModelEntry, settings: ServeSettings, prompt_len
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise APIError(400, f"'{key}' must be a positive integer", param=key, code="invalid_value")
     elif max_tokens > settings.max_tokens_cap:
-        raise APIError(400, f"'{key}' is {max_tokens}, larger than this server's limit of "
-                       f"{settings.max_tokens_cap}", param=key, code="invalid_value")
+        raise APIError(
+            400,
+            f"'{key}' is {max_tokens}, larger than this server's limit of {settings.max_tokens_cap}",
+            param=key,
+            code="invalid_value",
+        )
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise APIError(400, "'seed' must be an integer", param="seed")
@@ -277,8 +298,12 @@ def _check_prompt(ids: list[int], entry: ModelEntry, settings: ServeSettings) ->
     if not ids:
         raise APIError(400, "the prompt is empty", param="prompt")
     if len(ids) > limit:
-        raise APIError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
-                       param="messages", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
 
 # ---- running one generation -------------------------------------------------------------------------
@@ -309,7 +334,7 @@ class StopStringFilter:
                 if self.buf.endswith(s[:n]):
                     keep = n
                     break
-        out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
         return out
 
     def flush(self) -> str:
@@ -317,9 +342,16 @@ class StopStringFilter:
         return out
 
 
-async def generate_events(entry: ModelEntry, prompt: list[int], sc: SamplingConfig, stops: list[str],
-                          parser: OutputParser | None, settings: ServeSettings, outcome: Outcome,
-                          http_request: Any = None) -> AsyncIterator[tuple[str, Any]]:
+async def generate_events(
+    entry: ModelEntry,
+    prompt: list[int],
+    sc: SamplingConfig,
+    stops: list[str],
+    parser: OutputParser | None,
+    settings: ServeSettings,
+    outcome: Outcome,
+    http_request: Any = None,
+) -> AsyncIterator[tuple[str, Any]]:
     """Submit to the engine and yield ("reasoning"|"content"|"text", str) / ("tool_call", dict) events.
 
     When the consumer stops iterating (client gone) or a stop string is found, the request is
@@ -361,8 +393,12 @@ async def generate_events(entry: ModelEntry, prompt: list[int], sc: SamplingConf
                 if reason in ("stop", "length"):
                     outcome.finish_reason = reason
                 elif reason == "timeout":
-                    outcome.error = APIError(408, f"the request ran past the server's timeout of "
-                                             f"{settings.request_timeout:g} s", "timeout_error", code="timeout")
+                    outcome.error = APIError(
+                        408,
+                        f"the request ran past the server's timeout of {settings.request_timeout:g} s",
+                        "timeout_error",
+                        code="timeout",
+                    )
                 elif reason == "error":
                     outcome.error = APIError(500, f"generation failed: {req.error}", "server_error")
                 else:
@@ -386,12 +422,13 @@ async def generate_events(entry: ModelEntry, prompt: list[int], sc: SamplingConf
 
 # ---- the app -------------------------------------------------------------------------------------
 def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from contextlib import asynccontextmanager
 
     settings = settings or registry.settings
     state = {"active": 0}
@@ -409,8 +446,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).body(),
-                            status_code=exc.status_code)
+        return JSONResponse(
+            APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).body(), status_code=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
@@ -419,8 +457,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception):
         log.exception("unhandled error")
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(),
-                            status_code=500)
+        return JSONResponse(
+            APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), status_code=500
+        )
 
     def check_key(request: Request) -> None:
         if not settings.api_key:
@@ -435,24 +474,34 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
         limit = settings.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise APIError(413, f"the request body is {declared} bytes, more than this server's limit of {limit}",
-                           code="request_too_large")
+            raise APIError(
+                413,
+                f"the request body is {declared} bytes, more than this server's limit of {limit}",
+                code="request_too_large",
+            )
 
         async def collect() -> bytes:
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise APIError(413, f"the request body is more than this server's limit of {limit} bytes",
-                                   code="request_too_large")
+                    raise APIError(
+                        413,
+                        f"the request body is more than this server's limit of {limit} bytes",
+                        code="request_too_large",
+                    )
                 chunks.append(chunk)
             return b"".join(chunks)
 
         try:
             return await asyncio.wait_for(collect(), settings.body_timeout)
         except asyncio.TimeoutError:
-            raise APIError(408, f"the request body took longer than {settings.body_timeout:g} s to arrive",
-                           "timeout_error", code="timeout") from None
+            raise APIError(
+                408,
+                f"the request body took longer than {settings.body_timeout:g} s to arrive",
+                "timeout_error",
+                code="timeout",
+            ) from None
 
     async def read_json(request: Request) -> dict:
         raw = await read_body(request)
@@ -469,8 +518,12 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
 
         def __init__(self):
             if state["active"] >= settings.max_concurrent:
-                raise APIError(429, f"too many concurrent requests (limit {settings.max_concurrent}); retry later",
-                               "rate_limit_error", code="rate_limit_exceeded")
+                raise APIError(
+                    429,
+                    f"too many concurrent requests (limit {settings.max_concurrent}); retry later",
+                    "rate_limit_error",
+                    code="rate_limit_exceeded",
+                )
             state["active"] += 1
             self.open = True
 
@@ -480,8 +533,11 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
                 state["active"] -= 1
 
     def usage(prompt_len: int, outcome: Outcome) -> dict:
-        return {"prompt_tokens": prompt_len, "completion_tokens": outcome.completion_tokens,
-                "total_tokens": prompt_len + outcome.completion_tokens}
+        return {
+            "prompt_tokens": prompt_len,
+            "completion_tokens": outcome.completion_tokens,
+            "total_tokens": prompt_len + outcome.completion_tokens,
+        }
 
     def sse(obj: dict | str) -> str:
         return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -494,9 +550,17 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        data = [{"id": e.name, "object": "model", "created": e.created, "owned_by": "sprout",
-                 **({"parent": e.parent} if e.parent else {}), "max_model_len": e.context_len}
-                for e in registry.entries.values()]
+        data = [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": e.created,
+                "owned_by": "sprout",
+                **({"parent": e.parent} if e.parent else {}),
+                "max_model_len": e.context_len,
+            }
+            for e in registry.entries.values()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -516,8 +580,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         try:
-            text = entry.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                                       enable_thinking=thinking)
+            text = entry.tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, enable_thinking=thinking
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise APIError(400, f"cannot render these messages: {exc}", param="messages") from None
         prompt = entry.tokenizer.encode(text)
@@ -550,13 +615,25 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
                 msg["reasoning_content"] = "".join(reasoning)
             if calls:
                 msg["tool_calls"] = calls
-            return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(), "logprobs": None}],
-                    "usage": usage(len(prompt), outcome)}
+            return {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "choices": [{"index": 0, "message": msg, "finish_reason": finish_reason(), "logprobs": None}],
+                "usage": usage(len(prompt), outcome),
+            }
 
         def chunk(delta: dict, finish: str | None = None) -> str:
-            return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+            return sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                }
+            )
 
         async def events():
             try:
@@ -575,14 +652,23 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
                 else:
                     yield chunk({}, finish_reason())
                     if include_usage:
-                        yield sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                   "model": model_name, "choices": [], "usage": usage(len(prompt), outcome)})
+                        yield sse(
+                            {
+                                "id": cid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model_name,
+                                "choices": [],
+                                "usage": usage(len(prompt), outcome),
+                            }
+                        )
                 yield sse("[DONE]")
             finally:
                 slot.release()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -601,8 +687,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
         elif p is None:
             raise APIError(400, "'prompt' is a required property", param="prompt", code="missing_required_parameter")
         else:
-            raise APIError(400, "'prompt' must be a string, a list of one string, or a list of token ids",
-                           param="prompt")
+            raise APIError(
+                400, "'prompt' must be a string, a list of one string, or a list of token ids", param="prompt"
+            )
         _check_prompt(prompt, entry, settings)
         sc = _sampling(body, entry, settings, len(prompt))
         stops, stream = _stops(body), bool(body.get("stream", False))
@@ -615,24 +702,47 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None):
 
         if not stream:
             try:
-                parts = [v async for _, v in generate_events(entry, prompt, sc, stops, None, settings, outcome, request)]
+                parts = [
+                    v async for _, v in generate_events(entry, prompt, sc, stops, None, settings, outcome, request)
+                ]
             finally:
                 slot.release()
             if outcome.error:
                 raise outcome.error
-            return {"id": cid, "object": "text_completion", "created": created, "model": entry.name,
-                    "choices": [choice("".join(parts), outcome.finish_reason)], "usage": usage(len(prompt), outcome)}
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": entry.name,
+                "choices": [choice("".join(parts), outcome.finish_reason)],
+                "usage": usage(len(prompt), outcome),
+            }
 
         async def events():
             try:
                 async for _, v in generate_events(entry, prompt, sc, stops, None, settings, outcome):
-                    yield sse({"id": cid, "object": "text_completion", "created": created, "model": entry.name,
-                               "choices": [choice(v, None)]})
+                    yield sse(
+                        {
+                            "id": cid,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": entry.name,
+                            "choices": [choice(v, None)],
+                        }
+                    )
                 if outcome.error:
                     yield sse(outcome.error.body())
                 else:
-                    yield sse({"id": cid, "object": "text_completion", "created": created, "model": entry.name,
-                               "choices": [choice("", outcome.finish_reason)], "usage": usage(len(prompt), outcome)})
+                    yield sse(
+                        {
+                            "id": cid,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": entry.name,
+                            "choices": [choice("", outcome.finish_reason)],
+                            "usage": usage(len(prompt), outcome),
+                        }
+                    )
                 yield sse("[DONE]")
             finally:
                 slot.release()
@@ -670,10 +780,16 @@ def cmd_serve(a: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
-    settings = ServeSettings(api_key=a.api_key, max_prompt_tokens=a.max_prompt_tokens,
-                             max_tokens_cap=a.max_tokens_cap, default_max_tokens=a.default_max_tokens,
-                             max_concurrent=a.max_concurrent, max_batch=a.max_batch, request_timeout=a.timeout,
-                             max_body_bytes=a.max_body_bytes)
+    settings = ServeSettings(
+        api_key=a.api_key,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_tokens_cap=a.max_tokens_cap,
+        default_max_tokens=a.default_max_tokens,
+        max_concurrent=a.max_concurrent,
+        max_batch=a.max_batch,
+        request_timeout=a.timeout,
+        max_body_bytes=a.max_body_bytes,
+    )
     registry = ModelRegistry(settings)
     for spec in a.model:
         name, d = _name_dir(spec, "--model")
@@ -692,8 +808,14 @@ def cmd_serve(a: argparse.Namespace) -> None:
     print(f"sprout serve: http://{a.host}:{a.port}/  (models: {', '.join(registry.entries)})", flush=True)
     # Past max_concurrent generations the app answers 429; past this many open connections uvicorn
     # itself answers 503, so a flood of idle or slow clients cannot exhaust the process.
-    uvicorn.run(app, host=a.host, port=a.port, log_level="info", limit_concurrency=connection_limit(settings),
-                timeout_keep_alive=5)
+    uvicorn.run(
+        app,
+        host=a.host,
+        port=a.port,
+        log_level="info",
+        limit_concurrency=connection_limit(settings),
+        timeout_keep_alive=5,
+    )
 
 
 def connection_limit(settings: ServeSettings) -> int:

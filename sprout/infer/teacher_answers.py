@@ -7,13 +7,15 @@ assistant turn, if any, is dropped) or a plain `{"prompt": "..."}` line. The tea
 appended as the assistant turn and the record written in the normal SFT format, which
 `sprout train sft --data answers.jsonl` consumes. Prompts are generated in batches.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -51,8 +53,16 @@ def load_prompts(source: str, limit: int | None = None) -> list[list[dict[str, A
     return out
 
 
-def generate_sft(model, tokenizer, prompts: list[list[dict[str, Any]]], out: str | Path, sampling: SamplingConfig,
-                 batch_size: int = 16, enable_thinking: bool = False, progress=print) -> Path:
+def generate_sft(
+    model,
+    tokenizer,
+    prompts: list[list[dict[str, Any]]],
+    out: str | Path,
+    sampling: SamplingConfig,
+    batch_size: int = 16,
+    enable_thinking: bool = False,
+    progress=print,
+) -> Path:
     """Write one SFT record per prompt: the prompt messages plus the teacher's answer."""
     from ..infer.chat import split_thinking
 
@@ -64,9 +74,13 @@ def generate_sft(model, tokenizer, prompts: list[list[dict[str, Any]]], out: str
     written = 0
     with open(tmp, "w", encoding="utf-8") as f, torch.inference_mode():
         for s in range(0, len(prompts), batch_size):
-            chunk = prompts[s:s + batch_size]
-            ids = [tokenizer.encode(tokenizer.apply_chat_template(m, add_generation_prompt=True,
-                                                                  enable_thinking=enable_thinking)) for m in chunk]
+            chunk = prompts[s : s + batch_size]
+            ids = [
+                tokenizer.encode(
+                    tokenizer.apply_chat_template(m, add_generation_prompt=True, enable_thinking=enable_thinking)
+                )
+                for m in chunk
+            ]
             for msgs, new in zip(chunk, generate(model, ids, sampling)):
                 reasoning, answer = split_thinking(tokenizer.decode(new, skip_special_tokens=False))
                 if not answer:

@@ -12,6 +12,7 @@ so a streamed answer always concatenates to the non-streamed one.
 Whitespace rules: leading whitespace of the reasoning and of the answer is dropped, and trailing
 whitespace is held back until more text follows it (so the blank lines around tags never show).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ def parse_tool_call(body: str) -> dict[str, Any] | None:
         arguments = args
     else:
         arguments = json.dumps({} if args is None else args, ensure_ascii=False)
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": obj["name"], "arguments": arguments}}
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {"name": obj["name"], "arguments": arguments},
+    }
 
 
 def _partial_tag_suffix(text: str, tags: tuple[str, ...]) -> int:
@@ -107,7 +111,7 @@ class OutputParser:
                 return []
             self._started = True
         body = text.rstrip()
-        tail = text[len(body):]
+        tail = text[len(body) :]
         if not body:
             self._held_ws += tail
             return []
@@ -132,7 +136,7 @@ class OutputParser:
                         self._buf = ""
                     break
                 if stripped.startswith(THINK_OPEN):
-                    self._buf = stripped[len(THINK_OPEN):]
+                    self._buf = stripped[len(THINK_OPEN) :]
                     self._switch("reasoning")
                     continue
                 if THINK_OPEN.startswith(stripped) and not final:
@@ -143,7 +147,7 @@ class OutputParser:
             hit = min(((self._buf.find(t), t) for t in tags if t in self._buf), default=None)
             if hit is not None:
                 pos, tag = hit
-                before, self._buf = self._buf[:pos], self._buf[pos + len(tag):]
+                before, self._buf = self._buf[:pos], self._buf[pos + len(tag) :]
                 if self._state == "call":
                     self._call_body += before
                     call = parse_tool_call(self._call_body)
@@ -163,7 +167,7 @@ class OutputParser:
                     self._state, self._ws_before_call, self._held_ws = "call", self._held_ws, ""
                 continue
             keep = 0 if final else _partial_tag_suffix(self._buf, tags)
-            ready, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+            ready, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
             if self._state == "call":
                 self._call_body += ready
             else:
@@ -172,7 +176,9 @@ class OutputParser:
         return events
 
 
-def parse_output(text: str, thinking: bool = False, parse_tools: bool = True) -> tuple[str | None, str, list[dict[str, Any]]]:
+def parse_output(
+    text: str, thinking: bool = False, parse_tools: bool = True
+) -> tuple[str | None, str, list[dict[str, Any]]]:
     """Whole text -> (reasoning or None, content, tool_calls)."""
     p = OutputParser(thinking=thinking, parse_tools=parse_tools)
     events = p.feed(text) + p.finish()

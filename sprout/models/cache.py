@@ -19,6 +19,7 @@ Moving a column is free because RoPE is applied before a key is cached: its posi
 The model writes into the cache during forward (`update` methods of the concrete classes) and calls
 `advance(T)` once every layer has written its T new columns.
 """
+
 from __future__ import annotations
 
 import torch
@@ -75,8 +76,10 @@ class Cache:
     def concat(self, other: Cache) -> None:
         """Append other's rows below ours. Both must hold the same number of columns (left_pad the shorter)."""
         if type(other) is not type(self) or other.length != self.length:
-            raise ValueError(f"concat needs two {type(self).__name__}s of equal length, got "
-                             f"{type(other).__name__} with {other.length} columns and {self.length}")
+            raise ValueError(
+                f"concat needs two {type(self).__name__}s of equal length, got "
+                f"{type(other).__name__} with {other.length} columns and {self.length}"
+            )
         for name, group in self.columns.items():
             d = self.time_dim[name]
             for i, t in group.items():
@@ -141,9 +144,18 @@ class KVCache(Cache):
 
     time_dim = {"k": 2, "v": 2}
 
-    def __init__(self, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, max_len: int,
-                 device: torch.device, dtype: torch.dtype, layers: list[int] | None = None,
-                 states: dict[str, dict[int, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        layers: list[int] | None = None,
+        states: dict[str, dict[int, torch.Tensor]] | None = None,
+    ):
         shape = (batch, num_kv_heads, max_len, head_dim)
         ids = list(range(num_layers)) if layers is None else layers
         columns = {n: {i: torch.zeros(shape, device=device, dtype=dtype) for i in ids} for n in ("k", "v")}

@@ -5,10 +5,12 @@ Field names follow transformers' configs, so `to_hf_dict` / `from_hf_dict` are m
 from `base_hf_dict` and reads one with `config_kwargs_from_hf`. A config that contradicts itself raises
 ValueError; nothing is silently overwritten.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+
 
 @dataclass
 class ModelConfig:
@@ -57,7 +59,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if d.get("model_type") not in ("qwen3", "llama"):
             raise ValueError(
                 f"sprout's dense model reads model_type 'qwen3' or 'llama', this folder is {d.get('model_type')!r}"
@@ -73,16 +75,35 @@ class ModelConfig:
         return L * (attn + mlp + norms) + emb + h
 
 
-HF_BASE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-                "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id")
+HF_BASE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def base_hf_dict(cfg: ModelConfig, arch: str) -> dict[str, Any]:
     d: dict[str, Any] = {"architectures": [arch], "model_type": cfg.model_type, "hidden_act": "silu"}
     d.update({k: getattr(cfg, k) for k in HF_BASE_KEYS})
-    d.update({"rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-              "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True})
+    d.update(
+        {
+            "rope_theta": cfg.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "attention_dropout": 0.0,
+            "torch_dtype": "float32",
+            "use_cache": True,
+        }
+    )
     return d
 
 
@@ -92,8 +113,10 @@ def config_kwargs_from_hf(cls, d: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"only hidden_act='silu' is supported, got {d['hidden_act']!r}")
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
     if rope.get("rope_type", "default") not in ("default", None):
-        raise ValueError(f"RoPE scaling {rope.get('rope_type')!r} in config.json is not supported; "
-                         "use sprout.models.rope.apply_rope_scaling after loading")
+        raise ValueError(
+            f"RoPE scaling {rope.get('rope_type')!r} in config.json is not supported; "
+            "use sprout.models.rope.apply_rope_scaling after loading"
+        )
     names = {f.name for f in fields(cls)}
     kw = {k: v for k, v in d.items() if k in names}
     kw["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))

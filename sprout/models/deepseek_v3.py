@@ -16,9 +16,11 @@ shared experts, group-limited top-k, routed_scaling_factor, sequence-wise aux lo
 MTP: `num_nextn_predict_layers` extra blocks; block d combines the previous hidden state at position i
 with the embedding of token i+d and predicts token i+d+1 through the shared head. In training the forward
 returns these logits (`CausalLMOutput.mtp_logits`); the objective scores them against the same shifted labels
-as the main head (so prompt tokens are never MTP targets) and adds `mtp_loss_weight` x their mean CE. MTP weights are training-only: they are not
-written to the exported folder (transformers' DeepseekV3ForCausalLM does not use them either).
+as the main head (so prompt tokens are never MTP targets) and adds `mtp_loss_weight` x their mean CE. MTP
+weights are training-only: they are not written to the exported folder (transformers' DeepseekV3ForCausalLM
+does not use them either).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,9 +75,11 @@ class DeepseekV3Config(ModelConfig):
         for name, value in (("num_key_value_heads", self.num_attention_heads), ("head_dim", self.qk_rope_head_dim)):
             given = getattr(self, name)
             if given and given != value:  # 0 or None (null in config.json) = unset
-                raise ValueError(f"DeepseekV3Config: {name}={given} contradicts MLA, which needs {value} "
-                                 f"({'num_attention_heads' if name == 'num_key_value_heads' else 'qk_rope_head_dim'}); "
-                                 f"leave {name} unset")
+                raise ValueError(
+                    f"DeepseekV3Config: {name}={given} contradicts MLA, which needs {value} "
+                    f"({'num_attention_heads' if name == 'num_key_value_heads' else 'qk_rope_head_dim'}); "
+                    f"leave {name} unset"
+                )
             setattr(self, name, value)
 
     @property
@@ -88,13 +92,31 @@ class DeepseekV3Config(ModelConfig):
 
     def to_hf_dict(self) -> dict[str, Any]:
         d = base_hf_dict(self, "DeepseekV3ForCausalLM")
-        keys = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
-                "moe_intermediate_size", "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group",
-                "topk_group", "routed_scaling_factor", "norm_topk_prob", "first_k_dense_replace",
-                "aux_loss_alpha", "bias_update_rate", "num_nextn_predict_layers", "mtp_loss_weight")
+        keys = (
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "rope_interleave",
+            "moe_intermediate_size",
+            "n_routed_experts",
+            "n_shared_experts",
+            "num_experts_per_tok",
+            "n_group",
+            "topk_group",
+            "routed_scaling_factor",
+            "norm_topk_prob",
+            "first_k_dense_replace",
+            "aux_loss_alpha",
+            "bias_update_rate",
+            "num_nextn_predict_layers",
+            "mtp_loss_weight",
+        )
         d.update({k: getattr(self, k) for k in keys})
-        d.update(head_dim=self.qk_rope_head_dim, qk_head_dim=self.qk_head_dim, attention_bias=False,
-                 num_mtp_layers=0)  # MTP heads are not exported
+        d.update(
+            head_dim=self.qk_rope_head_dim, qk_head_dim=self.qk_head_dim, attention_bias=False, num_mtp_layers=0
+        )  # MTP heads are not exported
         return d
 
     @classmethod
@@ -102,7 +124,7 @@ class DeepseekV3Config(ModelConfig):
         return cls(**config_kwargs_from_hf(cls, d))
 
     def num_parameters(self, active: bool = False) -> int:
-        import torch.nn as _nn
+
         with torch.device("meta"):
             m = DeepseekV3ForCausalLM(self)
         total = 0
@@ -135,12 +157,25 @@ class LatentCache(Cache):
 
     time_dim = {"c": 1, "kr": 1}
 
-    def __init__(self, num_layers: int, batch: int, kv_lora_rank: int, rope_dim: int, max_len: int,
-                 device: torch.device, dtype: torch.dtype):
-        super().__init__({
-            "c": {i: torch.zeros(batch, max_len, kv_lora_rank, device=device, dtype=dtype) for i in range(num_layers)},
-            "kr": {i: torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype) for i in range(num_layers)},
-        }, {})
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        kv_lora_rank: int,
+        rope_dim: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        super().__init__(
+            {
+                "c": {
+                    i: torch.zeros(batch, max_len, kv_lora_rank, device=device, dtype=dtype) for i in range(num_layers)
+                },
+                "kr": {i: torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype) for i in range(num_layers)},
+            },
+            {},
+        )
 
     def update(self, layer: int, c: torch.Tensor, kr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's latents [B, T, r] and rope keys [B, T, d_rope]; return all so far."""
@@ -196,8 +231,12 @@ class MTPLayer(nn.Module):
         h = cfg.hidden_size
         self.enorm, self.hnorm = RMSNorm(h, cfg.rms_norm_eps), RMSNorm(h, cfg.rms_norm_eps)
         self.eh_proj = nn.Linear(2 * h, h, bias=False)
-        self.block = DecoderLayer(cfg, cfg.num_hidden_layers + idx, attn=MLAttention(cfg, cfg.num_hidden_layers + idx),
-                                  ffn=SwiGLU(h, cfg.intermediate_size))
+        self.block = DecoderLayer(
+            cfg,
+            cfg.num_hidden_layers + idx,
+            attn=MLAttention(cfg, cfg.num_hidden_layers + idx),
+            ffn=SwiGLU(h, cfg.intermediate_size),
+        )
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
 
 
@@ -210,11 +249,22 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
         if i < cfg.first_k_dense_replace:
             ffn: nn.Module = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         else:
-            ffn = MoEBlock(cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
-                           score="sigmoid", norm_topk=cfg.norm_topk_prob, n_group=cfg.n_group,
-                           topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
-                           aux_loss_coef=cfg.aux_loss_alpha, seq_aux=True, bias_update_rate=cfg.bias_update_rate,
-                           use_bias=True, shared_intermediate=cfg.moe_intermediate_size * cfg.n_shared_experts)
+            ffn = MoEBlock(
+                cfg.hidden_size,
+                cfg.n_routed_experts,
+                cfg.num_experts_per_tok,
+                cfg.moe_intermediate_size,
+                score="sigmoid",
+                norm_topk=cfg.norm_topk_prob,
+                n_group=cfg.n_group,
+                topk_group=cfg.topk_group,
+                routed_scaling_factor=cfg.routed_scaling_factor,
+                aux_loss_coef=cfg.aux_loss_alpha,
+                seq_aux=True,
+                bias_update_rate=cfg.bias_update_rate,
+                use_bias=True,
+                shared_intermediate=cfg.moe_intermediate_size * cfg.n_shared_experts,
+            )
         return DecoderLayer(cfg, i, attn=MLAttention(cfg, i), ffn=ffn)
 
     def __init__(self, cfg: DeepseekV3Config):
@@ -227,8 +277,9 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
         p, c = self.lm_head.weight, self.config
         return LatentCache(c.num_hidden_layers, batch, c.kv_lora_rank, c.qk_rope_head_dim, max_len, p.device, p.dtype)
 
-    def forward(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None,
-                last_only=False) -> CausalLMOutput:
+    def forward(
+        self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None, last_only=False
+    ) -> CausalLMOutput:
         h, routing = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
         x = self.model.norm(h)
         logits = self.lm_head(x[:, -1:] if last_only else x)
@@ -236,8 +287,9 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
         mtp: list[torch.Tensor] = []
         if self.training and torch.is_grad_enabled() and cache is None and self.config.mtp_loss_weight:
             mtp = self._mtp_logits(h, input_ids, position_ids, doc_ids, attention_mask)
-        return CausalLMOutput(logits=logits, aux_losses=aux, mtp_logits=mtp,
-                              mtp_loss_weight=self.config.mtp_loss_weight, expert_load=load)
+        return CausalLMOutput(
+            logits=logits, aux_losses=aux, mtp_logits=mtp, mtp_loss_weight=self.config.mtp_loss_weight, expert_load=load
+        )
 
     def _mtp_logits(self, h, ids, position_ids, doc_ids, attention_mask) -> list[torch.Tensor]:
         """Depth d: logits [B, T-d, V]; position i sees the hidden state of depth d-1 at i and token i+d, and

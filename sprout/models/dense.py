@@ -9,6 +9,7 @@ output, or (output, RoutingStats) when it routes tokens; the model collects the 
 Other families (sprout.models.moe, deepseek_v3, qwen3_next) subclass `SproutForCausalLM` and
 override `make_layer` / `make_ffn` / `make_norm`; the forward pass, caching and I/O stay shared.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,14 @@ def make_ffn(cfg: ModelConfig, layer_idx: int) -> nn.Module:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: nn.Module | None = None, ffn: nn.Module | None = None,
-                 norm: type[nn.Module] = RMSNorm):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layer_idx: int,
+        attn: nn.Module | None = None,
+        ffn: nn.Module | None = None,
+        norm: type[nn.Module] = RMSNorm,
+    ):
         super().__init__()
         self.input_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = attn if attn is not None else Attention(cfg, layer_idx)
@@ -183,8 +190,9 @@ class SproutForCausalLM(nn.Module):
         aux, load = collect_routing(routing)
         return CausalLMOutput(logits=self.lm_head(x), aux_losses=aux, expert_load=load)
 
-    def trunk(self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None
-              ) -> tuple[torch.Tensor, dict[int, RoutingStats]]:
+    def trunk(
+        self, input_ids, position_ids=None, doc_ids=None, attention_mask=None, cache=None
+    ) -> tuple[torch.Tensor, dict[int, RoutingStats]]:
         """Embeddings and decoder layers: the last hidden state (before the final norm) and the routing stats
         of every MoE layer, by layer index."""
         B, T = input_ids.shape
@@ -199,8 +207,9 @@ class SproutForCausalLM(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.model.layers):
             if recompute:  # keep only each layer's input; its activations are recomputed during backward
-                x, stats = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, pad_mask,
-                                                             use_reentrant=False)
+                x, stats = torch.utils.checkpoint.checkpoint(
+                    layer, x, cos, sin, mask, None, pad_mask, use_reentrant=False
+                )
             else:
                 x, stats = layer(x, cos, sin, mask, cache, pad_mask)
             if stats is not None:

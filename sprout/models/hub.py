@@ -3,11 +3,12 @@
 Our parameter names equal transformers' names, so saving is a plain state-dict dump. Loading
 uses safetensors only: nothing is unpickled, so an untrusted folder cannot run code.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,8 +45,9 @@ def read_config(folder: str | Path) -> ModelConfig:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON ({e})", file=path,
-                        advice="restore config.json from where the model came from") from None
+        raise UserError(
+            f"not valid JSON ({e})", file=path, advice="restore config.json from where the model came from"
+        ) from None
     if not isinstance(d, dict):
         raise UserError("must hold a JSON object", file=path)
     mt = d.get("model_type")
@@ -67,14 +69,18 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         return state
     pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise UserError(f"refusing to load {pickles[0]}: it is a pickle file, and unpickling can run any code",
-                        file=folder, advice="sprout reads only model.safetensors; convert weights you trust with "
-                        "transformers (model.save_pretrained(dir, safe_serialization=True))")
+        raise UserError(
+            f"refusing to load {pickles[0]}: it is a pickle file, and unpickling can run any code",
+            file=folder,
+            advice="sprout reads only model.safetensors; convert weights you trust with "
+            "transformers (model.save_pretrained(dir, safe_serialization=True))",
+        )
     raise UserError("no model.safetensors (sprout reads only safetensors weights)", file=folder)
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> SproutForCausalLM:
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SproutForCausalLM:
     folder = Path(folder)
     cfg = read_config(folder)
     model = build_model(cfg)
@@ -96,14 +102,23 @@ def save_model(model: SproutForCausalLM, folder: str | Path, generation_config: 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     optional = tuple(getattr(model, "training_only_prefixes", ()))
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-             if not (optional and k.startswith(optional))}
+    state = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+        if not (optional and k.startswith(optional))
+    }
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # transformers re-ties it on load
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
-    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": [cfg.eos_token_id, cfg.pad_token_id],
-           "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
-           "repetition_penalty": 1.05}
+    gen = {
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": [cfg.eos_token_id, cfg.pad_token_id],
+        "pad_token_id": cfg.pad_token_id,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "repetition_penalty": 1.05,
+    }
     gen.update(generation_config or {})
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

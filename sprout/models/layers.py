@@ -3,6 +3,7 @@
 Module and parameter names follow transformers' Qwen3/Llama code so that a state dict
 saves to (and loads from) the standard Hugging Face layout with no renaming.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

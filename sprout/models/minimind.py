@@ -16,6 +16,7 @@ Qwen2-MoE scales its one shared expert by sigmoid(gate(x)): with a zero gate tha
 so the shared experts (concatenated into one wider expert, which sums them) get their down projection
 doubled — an exact rewrite in floating point.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,10 @@ from .hub import build_model, save_model
 from .moe import MoEConfig
 
 # MiniMind's defaults per generation (its MiniMindConfig): RMSNorm eps, experts per token.
-DEFAULTS: dict[int, dict[str, Any]] = {2: {"rms_norm_eps": 1e-5, "experts_per_token": 2},
-                                       3: {"rms_norm_eps": 1e-6, "experts_per_token": 1}}
+DEFAULTS: dict[int, dict[str, Any]] = {
+    2: {"rms_norm_eps": 1e-5, "experts_per_token": 2},
+    3: {"rms_norm_eps": 1e-6, "experts_per_token": 1},
+}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
@@ -84,16 +87,26 @@ def infer_config(state: dict[str, torch.Tensor], opt: ImportOptions) -> tuple[Mo
     else:
         heads = opt.num_attention_heads or 8
         if q_out != H or H % heads:
-            raise SystemExit(f"MiniMind2 attention has q_proj {q_out}x{H}; {heads} heads do not divide it "
-                             "(pass --heads N)")
+            raise SystemExit(
+                f"MiniMind2 attention has q_proj {q_out}x{H}; {heads} heads do not divide it (pass --heads N)"
+            )
         head_dim = H // heads
     lm_head = state.get("lm_head.weight")
     common: dict[str, Any] = dict(
-        vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=heads,
-        num_key_value_heads=kv_out // head_dim, head_dim=head_dim, rope_theta=opt.rope_theta,
-        rms_norm_eps=opt.rms_norm_eps or d["rms_norm_eps"], max_position_embeddings=opt.max_position_embeddings,
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_out // head_dim,
+        head_dim=head_dim,
+        rope_theta=opt.rope_theta,
+        rms_norm_eps=opt.rms_norm_eps or d["rms_norm_eps"],
+        max_position_embeddings=opt.max_position_embeddings,
         tie_word_embeddings=lm_head is None or torch.equal(lm_head, state["model.embed_tokens.weight"]),
-        bos_token_id=1, eos_token_id=2, pad_token_id=0)  # MiniMind tokenizer ids; generation_config takes a given one
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )  # MiniMind tokenizer ids; generation_config takes a given one
     if p + "mlp.gate_proj.weight" in state:
         inter = state[p + "mlp.gate_proj.weight"].shape[0]
         return ModelConfig(model_type="qwen3" if gen == 3 else "llama", intermediate_size=inter, **common), gen
@@ -102,18 +115,34 @@ def infer_config(state: dict[str, torch.Tensor], opt: ImportOptions) -> tuple[Mo
     k = opt.experts_per_token or d["experts_per_token"]
     shared = sorted({k_.split(".")[5] for k_ in state if k_.startswith(p + "mlp.shared_experts.")})
     if gen == 3:
-        return MoEConfig(model_type="qwen3_moe", intermediate_size=expert_inter, num_experts=experts,
-                         num_experts_per_tok=k, moe_intermediate_size=expert_inter,
-                         norm_topk_prob=opt.norm_topk_prob, router_aux_loss_coef=5e-4, **common), gen
+        return MoEConfig(
+            model_type="qwen3_moe",
+            intermediate_size=expert_inter,
+            num_experts=experts,
+            num_experts_per_tok=k,
+            moe_intermediate_size=expert_inter,
+            norm_topk_prob=opt.norm_topk_prob,
+            router_aux_loss_coef=5e-4,
+            **common,
+        ), gen
     if not shared:
-        raise SystemExit("this MiniMind2 MoE checkpoint has no shared experts; sprout writes MiniMind2 MoE as "
-                         "qwen2_moe, whose layout needs one")
+        raise SystemExit(
+            "this MiniMind2 MoE checkpoint has no shared experts; sprout writes MiniMind2 MoE as "
+            "qwen2_moe, whose layout needs one"
+        )
     shared_inter = sum(state[f"{p}mlp.shared_experts.{j}.gate_proj.weight"].shape[0] for j in shared)
     # MiniMind2 renormalises the top-k weights only when k > 1.
-    return MoEConfig(model_type="qwen2_moe", intermediate_size=expert_inter, num_experts=experts,
-                     num_experts_per_tok=k, moe_intermediate_size=expert_inter,
-                     shared_expert_intermediate_size=shared_inter, norm_topk_prob=opt.norm_topk_prob and k > 1,
-                     router_aux_loss_coef=0.01, **common), gen
+    return MoEConfig(
+        model_type="qwen2_moe",
+        intermediate_size=expert_inter,
+        num_experts=experts,
+        num_experts_per_tok=k,
+        moe_intermediate_size=expert_inter,
+        shared_expert_intermediate_size=shared_inter,
+        norm_topk_prob=opt.norm_topk_prob and k > 1,
+        router_aux_loss_coef=0.01,
+        **common,
+    ), gen
 
 
 def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -125,8 +154,10 @@ def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}.mlp."
             ids = sorted({k.split(".")[5] for k in state if k.startswith(p + "shared_experts.")}, key=int)
-            part = {n: [state[f"{p}shared_experts.{j}.{n}.weight"].float() for j in ids]
-                    for n in ("gate_proj", "up_proj", "down_proj")}
+            part = {
+                n: [state[f"{p}shared_experts.{j}.{n}.weight"].float() for j in ids]
+                for n in ("gate_proj", "up_proj", "down_proj")
+            }
             # Sum of experts = one expert with the hidden units side by side.
             out[p + "shared_expert.gate_proj.weight"] = torch.cat(part["gate_proj"], 0)
             out[p + "shared_expert.up_proj.weight"] = torch.cat(part["up_proj"], 0)
@@ -135,8 +166,9 @@ def convert_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     return out
 
 
-def import_minimind(path: str | Path, out: str | Path, tokenizer: str | Path | None = None,
-                    options: ImportOptions | None = None) -> Path:
+def import_minimind(
+    path: str | Path, out: str | Path, tokenizer: str | Path | None = None, options: ImportOptions | None = None
+) -> Path:
     """Write a standard folder (config.json, model.safetensors, tokenizer files when `tokenizer` is given)."""
     from ..tokenizer import Tokenizer
 
@@ -146,17 +178,22 @@ def import_minimind(path: str | Path, out: str | Path, tokenizer: str | Path | N
     missing, unexpected = model.load_state_dict(convert_state(state, cfg), strict=False)
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise SystemExit(f"{path}: tensors do not match a MiniMind{'2' if gen == 2 else '-3'} model "
-                         f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+        raise SystemExit(
+            f"{path}: tensors do not match a MiniMind{'2' if gen == 2 else '-3'} model "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
     out = Path(out)
     tok = Tokenizer.load(tokenizer) if tokenizer else None
     if tok and tok.vocab_size > cfg.vocab_size:
         raise SystemExit(f"{tokenizer}: {tok.vocab_size} tokens, more than the checkpoint's {cfg.vocab_size}")
     save_model(model, out, tok.generation_ids() if tok else None)
-    print(f"MiniMind{'2' if gen == 2 else '-3'} {cfg.model_type}: {cfg.num_hidden_layers} layers, hidden "
-          f"{cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv, vocab "
-          f"{cfg.vocab_size}" + (f", {cfg.num_experts} experts top-{cfg.num_experts_per_tok}"
-                                 if isinstance(cfg, MoEConfig) else "") + f" -> {out}")
+    print(
+        f"MiniMind{'2' if gen == 2 else '-3'} {cfg.model_type}: {cfg.num_hidden_layers} layers, hidden "
+        f"{cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv, vocab "
+        f"{cfg.vocab_size}"
+        + (f", {cfg.num_experts} experts top-{cfg.num_experts_per_tok}" if isinstance(cfg, MoEConfig) else "")
+        + f" -> {out}"
+    )
     if tok:
         tok.save(out)
     else:

@@ -23,6 +23,7 @@ Parameter names follow transformers' on-disk layout (`mlp.gate.weight`, `mlp.exp
 `mlp.shared_expert(s)...`), so a saved folder loads in `Qwen3MoeForCausalLM` / `DeepseekV3ForCausalLM` /
 `Qwen3NextForCausalLM`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,18 @@ from .layers import RoutingStats, SwiGLU
 class Router(nn.Module):
     """Scores experts for each token and picks the top-k. Named `gate` inside the MoE block."""
 
-    def __init__(self, hidden: int, num_experts: int, top_k: int, score: str = "softmax", norm_topk: bool = True,
-                 n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0, use_bias: bool = False):
+    def __init__(
+        self,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        score: str = "softmax",
+        norm_topk: bool = True,
+        n_group: int = 1,
+        topk_group: int = 1,
+        routed_scaling_factor: float = 1.0,
+        use_bias: bool = False,
+    ):
         super().__init__()
         if score not in ("softmax", "sigmoid"):
             raise ValueError(f"router score must be softmax or sigmoid, got {score!r}")
@@ -92,7 +103,7 @@ def dispatch_sorted(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, experts
     outs, start = [], 0
     for e, c in enumerate(counts):
         if c:
-            outs.append(experts[e](xs[start:start + c]))
+            outs.append(experts[e](xs[start : start + c]))
         start += c
     ys = torch.cat(outs, 0) * w.reshape(-1)[order, None]
     return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
@@ -103,21 +114,44 @@ def dispatch_naive(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, experts:
     out = torch.zeros_like(x)
     for n in range(x.shape[0]):
         for k in range(idx.shape[1]):
-            out[n] += w[n, k] * experts[int(idx[n, k])](x[n:n + 1])[0]
+            out[n] += w[n, k] * experts[int(idx[n, k])](x[n : n + 1])[0]
     return out
 
 
 class MoEBlock(nn.Module):
     """Routed experts + optional shared experts; returns (output, RoutingStats)."""
 
-    def __init__(self, hidden: int, num_experts: int, top_k: int, expert_intermediate: int, *,
-                 score: str = "softmax", norm_topk: bool = True, n_group: int = 1, topk_group: int = 1,
-                 routed_scaling_factor: float = 1.0, aux_loss_coef: float = 0.0, seq_aux: bool = False,
-                 bias_update_rate: float = 0.0, use_bias: bool = False,
-                 shared_intermediate: int = 0, shared_gated: bool = False):
+    def __init__(
+        self,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        expert_intermediate: int,
+        *,
+        score: str = "softmax",
+        norm_topk: bool = True,
+        n_group: int = 1,
+        topk_group: int = 1,
+        routed_scaling_factor: float = 1.0,
+        aux_loss_coef: float = 0.0,
+        seq_aux: bool = False,
+        bias_update_rate: float = 0.0,
+        use_bias: bool = False,
+        shared_intermediate: int = 0,
+        shared_gated: bool = False,
+    ):
         super().__init__()
-        self.gate = Router(hidden, num_experts, top_k, score, norm_topk, n_group, topk_group,
-                           routed_scaling_factor, use_bias or bias_update_rate > 0)
+        self.gate = Router(
+            hidden,
+            num_experts,
+            top_k,
+            score,
+            norm_topk,
+            n_group,
+            topk_group,
+            routed_scaling_factor,
+            use_bias or bias_update_rate > 0,
+        )
         self.experts = nn.ModuleList(SwiGLU(hidden, expert_intermediate) for _ in range(num_experts))
         # Qwen keeps one shared expert scaled by a sigmoid gate; DeepSeek adds its shared experts as is.
         if shared_intermediate and shared_gated:
@@ -182,8 +216,11 @@ def update_router_biases(model: nn.Module, expert_load: dict[int, torch.Tensor])
     loads are summed over ranks first, so every rank applies the same update and the biases stay identical
     (they are buffers, which DDP does not broadcast here). A no-op for models without bias balancing."""
     layers = cast(nn.ModuleList, model.get_submodule("model.layers"))
-    blocks = {i: layer.mlp for i, layer in enumerate(layers)
-              if isinstance(layer.mlp, MoEBlock) and layer.mlp.bias_update_rate > 0}
+    blocks = {
+        i: layer.mlp
+        for i, layer in enumerate(layers)
+        if isinstance(layer.mlp, MoEBlock) and layer.mlp.bias_update_rate > 0
+    }
     if not blocks:
         return
     biases = {i: cast(torch.Tensor, block.gate.e_score_correction_bias) for i, block in blocks.items()}
@@ -196,6 +233,7 @@ def update_router_biases(model: nn.Module, expert_load: dict[int, torch.Tensor])
 
 
 # ---- config + model: qwen3_moe / qwen2_moe -------------------------------------------------------
+
 
 @dataclass
 class MoEConfig(ModelConfig):
@@ -234,18 +272,27 @@ class MoEConfig(ModelConfig):
     def to_hf_dict(self) -> dict[str, Any]:
         arch = {"qwen3_moe": "Qwen3MoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}[self.model_type]
         d = base_hf_dict(self, arch)
-        d.update(head_dim=self.head_dim, attention_bias=False, num_experts=self.num_experts,
-                 num_experts_per_tok=self.num_experts_per_tok, moe_intermediate_size=self.moe_intermediate_size,
-                 norm_topk_prob=self.norm_topk_prob, router_aux_loss_coef=self.router_aux_loss_coef,
-                 decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=list(self.mlp_only_layers),
-                 use_sliding_window=False, sliding_window=None, output_router_logits=False)
+        d.update(
+            head_dim=self.head_dim,
+            attention_bias=False,
+            num_experts=self.num_experts,
+            num_experts_per_tok=self.num_experts_per_tok,
+            moe_intermediate_size=self.moe_intermediate_size,
+            norm_topk_prob=self.norm_topk_prob,
+            router_aux_loss_coef=self.router_aux_loss_coef,
+            decoder_sparse_step=self.decoder_sparse_step,
+            mlp_only_layers=list(self.mlp_only_layers),
+            use_sliding_window=False,
+            sliding_window=None,
+            output_router_logits=False,
+        )
         if self.model_type == "qwen2_moe":
             d.update(shared_expert_intermediate_size=self.shared_expert_intermediate_size, qkv_bias=False)
             d.pop("head_dim")
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "MoEConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> MoEConfig:
         kw = config_kwargs_from_hf(cls, d)
         if "num_local_experts" in d:
             kw.setdefault("num_experts", d["num_local_experts"])
@@ -281,7 +328,15 @@ class MoEForCausalLM(SproutForCausalLM):
         assert isinstance(cfg, MoEConfig)  # the family's own config, as __init__ receives it
         ffn = None
         if cfg.is_sparse(layer_idx):
-            ffn = MoEBlock(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
-                           score="softmax", norm_topk=cfg.norm_topk_prob, aux_loss_coef=cfg.router_aux_loss_coef,
-                           shared_intermediate=cfg.shared_expert_intermediate_size, shared_gated=True)
+            ffn = MoEBlock(
+                cfg.hidden_size,
+                cfg.num_experts,
+                cfg.num_experts_per_tok,
+                cfg.moe_intermediate_size,
+                score="softmax",
+                norm_topk=cfg.norm_topk_prob,
+                aux_loss_coef=cfg.router_aux_loss_coef,
+                shared_intermediate=cfg.shared_expert_intermediate_size,
+                shared_gated=True,
+            )
         return DecoderLayer(cfg, layer_idx, ffn=ffn, norm=self.norm_cls)

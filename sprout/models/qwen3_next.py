@@ -14,6 +14,7 @@ and SiLU precede the rule; its output passes a gated RMSNorm (norm(o) * silu(z))
 Gated attention: q_proj emits [query | gate] per head; the attention output is multiplied by sigmoid(gate).
 RoPE rotates only the first `partial_rotary_factor` of each head.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,8 +73,10 @@ class Qwen3NextConfig(ModelConfig):
         if not self.head_dim:  # unset: derived, as in ModelConfig
             self.head_dim = self.hidden_size // self.num_attention_heads
         if not self.layer_types:
-            self.layer_types = ["full_attention" if (i + 1) % self.full_attention_interval == 0 else "linear_attention"
-                                for i in range(self.num_hidden_layers)]
+            self.layer_types = [
+                "full_attention" if (i + 1) % self.full_attention_interval == 0 else "linear_attention"
+                for i in range(self.num_hidden_layers)
+            ]
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError("layer_types needs one entry per layer")
         if self.linear_num_value_heads % self.linear_num_key_heads:
@@ -90,11 +93,26 @@ class Qwen3NextConfig(ModelConfig):
     def to_hf_dict(self) -> dict[str, Any]:
         d = base_hf_dict(self, "Qwen3NextForCausalLM")
         d["rope_parameters"]["partial_rotary_factor"] = self.partial_rotary_factor
-        keys = ("head_dim", "partial_rotary_factor", "full_attention_interval", "layer_types",
-                "linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads",
-                "linear_num_value_heads", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                "shared_expert_intermediate_size", "norm_topk_prob", "router_aux_loss_coef", "decoder_sparse_step",
-                "mlp_only_layers", "chunk_size")
+        keys = (
+            "head_dim",
+            "partial_rotary_factor",
+            "full_attention_interval",
+            "layer_types",
+            "linear_conv_kernel_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "norm_topk_prob",
+            "router_aux_loss_coef",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+            "chunk_size",
+        )
         d.update({k: getattr(self, k) for k in keys})
         d.update(attention_bias=False, output_router_logits=False)
         return d
@@ -109,6 +127,7 @@ class Qwen3NextConfig(ModelConfig):
 
 
 # ---- Gated delta rule --------------------------------------------------------------------------------
+
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
@@ -171,8 +190,9 @@ class GatedDeltaNet(nn.Module):
         self.key_dim, self.value_dim = self.nk * self.dk, self.nv * self.dv
         self.conv_dim = 2 * self.key_dim + self.value_dim
         self.kernel = cfg.linear_conv_kernel_dim
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.kernel, groups=self.conv_dim, bias=False,
-                                padding=self.kernel - 1)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.kernel, groups=self.conv_dim, bias=False, padding=self.kernel - 1
+        )
         self.in_proj_qkvz = nn.Linear(cfg.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
         self.in_proj_ba = nn.Linear(cfg.hidden_size, 2 * self.nv, bias=False)
         self.dt_bias = nn.Parameter(torch.ones(self.nv))
@@ -187,8 +207,14 @@ class GatedDeltaNet(nn.Module):
         qkvz = qkvz.view(B, T, self.nk, 2 * self.dk + 2 * r * self.dv)
         q, k, v, z = qkvz.split([self.dk, self.dk, r * self.dv, r * self.dv], dim=-1)
         b, a = ba.view(B, T, self.nk, 2 * r).split([r, r], dim=-1)
-        return (q.reshape(B, T, self.key_dim), k.reshape(B, T, self.key_dim), v.reshape(B, T, self.value_dim),
-                z.reshape(B, T, self.nv, self.dv), b.reshape(B, T, self.nv), a.reshape(B, T, self.nv))
+        return (
+            q.reshape(B, T, self.key_dim),
+            k.reshape(B, T, self.key_dim),
+            v.reshape(B, T, self.value_dim),
+            z.reshape(B, T, self.nv, self.dv),
+            b.reshape(B, T, self.nv),
+            a.reshape(B, T, self.nv),
+        )
 
     def forward(self, x, cos=None, sin=None, mask=None, cache: HybridCache | None = None, pad_mask=None):
         """pad_mask [B, T], 1 = real token. Padding comes before a row's first token (left-padded prefill); it
@@ -202,7 +228,7 @@ class GatedDeltaNet(nn.Module):
         w = self.conv1d.weight  # [C, 1, K]
         if cache is not None:
             full = torch.cat([cache.conv(self.layer_idx), mixed], -1)
-            cache.set_conv(self.layer_idx, full[..., -(self.kernel - 1):])
+            cache.set_conv(self.layer_idx, full[..., -(self.kernel - 1) :])
             mixed = F.conv1d(full, w, groups=self.conv_dim)[..., -T:]
         else:
             mixed = F.conv1d(mixed, w, groups=self.conv_dim, padding=self.kernel - 1)[..., :T]
@@ -213,7 +239,7 @@ class GatedDeltaNet(nn.Module):
         k = k.reshape(B, T, self.nk, self.dk).repeat_interleave(r, dim=2)
         v = v.reshape(B, T, self.nv, self.dv)
         q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
-        q, k = _l2norm(q) / self.dk ** 0.5, _l2norm(k)
+        q, k = _l2norm(q) / self.dk**0.5, _l2norm(k)
         beta = b.sigmoid().float().transpose(1, 2)
         g = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)).transpose(1, 2)
         if pad_mask is not None:
@@ -295,17 +321,30 @@ class HybridCache(KVCache):
     def __init__(self, cfg: Qwen3NextConfig, batch: int, max_len: int, device, dtype):
         full = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
         linear = [i for i, t in enumerate(cfg.layer_types) if t != "full_attention"]
-        conv_dim = 2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim + \
-            cfg.linear_num_value_heads * cfg.linear_value_head_dim
+        conv_dim = (
+            2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim
+            + cfg.linear_num_value_heads * cfg.linear_value_head_dim
+        )
         nv, dk, dv = cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
         states = {
-            "conv": {i: torch.zeros(batch, conv_dim, cfg.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
-                     for i in linear},
+            "conv": {
+                i: torch.zeros(batch, conv_dim, cfg.linear_conv_kernel_dim - 1, device=device, dtype=dtype)
+                for i in linear
+            },
             # fp32, as the delta rule runs in fp32
             "recurrent": {i: torch.zeros(batch, nv, dk, dv, device=device, dtype=torch.float32) for i in linear},
         }
-        super().__init__(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, max_len, device,
-                         dtype, layers=full, states=states)
+        super().__init__(
+            cfg.num_hidden_layers,
+            batch,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            max_len,
+            device,
+            dtype,
+            layers=full,
+            states=states,
+        )
 
     def conv(self, layer: int) -> torch.Tensor:
         return self.states["conv"][layer]
@@ -354,10 +393,17 @@ class Qwen3NextForCausalLM(SproutForCausalLM):
 
         assert isinstance(cfg, Qwen3NextConfig)  # the family's own config, as __init__ receives it
         if i not in cfg.mlp_only_layers and cfg.num_experts > 0 and (i + 1) % cfg.decoder_sparse_step == 0:
-            ffn: nn.Module = MoEBlock(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok,
-                                      cfg.moe_intermediate_size, score="softmax", norm_topk=cfg.norm_topk_prob,
-                                      aux_loss_coef=cfg.router_aux_loss_coef,
-                                      shared_intermediate=cfg.shared_expert_intermediate_size, shared_gated=True)
+            ffn: nn.Module = MoEBlock(
+                cfg.hidden_size,
+                cfg.num_experts,
+                cfg.num_experts_per_tok,
+                cfg.moe_intermediate_size,
+                score="softmax",
+                norm_topk=cfg.norm_topk_prob,
+                aux_loss_coef=cfg.router_aux_loss_coef,
+                shared_intermediate=cfg.shared_expert_intermediate_size,
+                shared_gated=True,
+            )
         else:
             ffn = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         return HybridLayer(cfg, i, ffn)

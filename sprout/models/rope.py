@@ -16,6 +16,7 @@ model computes what transformers computes for the same `rope_parameters`.
 
 Scaling is an inference-time setting: `apply_rope_scaling(model, "yarn", 4)` after `load_model`.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,12 +31,18 @@ if TYPE_CHECKING:  # dense.py imports this module (through layers.py)
 KINDS = ("none", "linear", "ntk", "yarn")
 
 
-def scaled_inv_freq(dim: int, theta: float, kind: str = "none", factor: float = 1.0,
-                    original_max_position: int = 2048, beta_fast: float = 32.0,
-                    beta_slow: float = 1.0) -> tuple[torch.Tensor, float]:
+def scaled_inv_freq(
+    dim: int,
+    theta: float,
+    kind: str = "none",
+    factor: float = 1.0,
+    original_max_position: int = 2048,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+) -> tuple[torch.Tensor, float]:
     """(inv_freq [dim/2], attention factor multiplying cos and sin)."""
     exponents = torch.arange(0, dim, 2, dtype=torch.float32) / dim
-    base_inv = 1.0 / (theta ** exponents)
+    base_inv = 1.0 / (theta**exponents)
     if kind in ("none", None) or factor == 1.0:
         return base_inv, 1.0
     if kind == "linear":
@@ -43,6 +50,7 @@ def scaled_inv_freq(dim: int, theta: float, kind: str = "none", factor: float = 
     if kind == "ntk":
         return 1.0 / ((theta * factor ** (dim / (dim - 2))) ** exponents), 1.0
     if kind == "yarn":
+
         def channel(turns: float) -> float:
             # Index i of the channel that makes `turns` full rotations over original_max_position.
             return dim * math.log(original_max_position / (turns * 2 * math.pi)) / (2 * math.log(theta))
@@ -63,8 +71,9 @@ class RotaryEmbedding(nn.Module):
 
     inv_freq: torch.Tensor  # a registered buffer
 
-    def __init__(self, head_dim: int, theta: float, kind: str = "none", factor: float = 1.0,
-                 original_max_position: int = 2048):
+    def __init__(
+        self, head_dim: int, theta: float, kind: str = "none", factor: float = 1.0, original_max_position: int = 2048
+    ):
         super().__init__()
         inv_freq, self.attention_factor = scaled_inv_freq(head_dim, theta, kind, factor, original_max_position)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
@@ -79,8 +88,9 @@ class RotaryEmbedding(nn.Module):
         return (emb.cos() * a).to(dtype), (emb.sin() * a).to(dtype)
 
 
-def apply_rope_scaling(model: SproutForCausalLM, kind: str, factor: float,
-                       original_max_position: int | None = None) -> SproutForCausalLM:
+def apply_rope_scaling(
+    model: SproutForCausalLM, kind: str, factor: float, original_max_position: int | None = None
+) -> SproutForCausalLM:
     """Replace the model's rotary embedding by a scaled one (in place; returns the model).
 
     original_max_position: the length the model was trained at (defaults to config
@@ -88,8 +98,9 @@ def apply_rope_scaling(model: SproutForCausalLM, kind: str, factor: float,
     plain RoPE. For models with several rotary modules every one is replaced.
     """
     cfg = model.config
-    orig = original_max_position or getattr(cfg, "original_max_position_embeddings", None) \
-        or cfg.max_position_embeddings
+    orig = (
+        original_max_position or getattr(cfg, "original_max_position_embeddings", None) or cfg.max_position_embeddings
+    )
     found = False
     for parent in model.modules():
         for name, child in list(parent.named_children()):

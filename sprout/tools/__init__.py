@@ -4,12 +4,14 @@ Each tool has an OpenAI-style JSON description (what the chat template shows the
 Python function. `run_tool(name, arguments)` returns the result as text, errors included, so a
 bad call becomes a tool message the model can read rather than a crash.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .calculator import CalcError, evaluate, format_number
 from .dates import date_calc
@@ -24,8 +26,10 @@ class Tool:
     fn: Callable[..., Any]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
 
 
 def _calculator(expression: str) -> str:
@@ -40,21 +44,46 @@ def _date(operation: str, date: str, days: int | None = None, other_date: str | 
     return str(date_calc(operation, date, days, other_date))
 
 
-TOOLS: dict[str, Tool] = {t.name: t for t in (
-    Tool("calculator", "Evaluate an arithmetic expression.",
-         {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
-         _calculator),
-    Tool("unit_convert", "Convert a value between units.",
-         {"type": "object", "properties": {"value": {"type": "number"}, "from_unit": {"type": "string"},
-                                           "to_unit": {"type": "string"}},
-          "required": ["value", "from_unit", "to_unit"]}, _convert),
-    Tool("date_calc", "Date arithmetic on YYYY-MM-DD dates.",
-         {"type": "object", "properties": {"operation": {"type": "string", "enum": ["add_days", "days_between",
-                                                                                       "weekday"]},
-                                           "date": {"type": "string"}, "days": {"type": "integer"},
-                                           "other_date": {"type": "string"}},
-          "required": ["operation", "date"]}, _date),
-)}
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in (
+        Tool(
+            "calculator",
+            "Evaluate an arithmetic expression.",
+            {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+            _calculator,
+        ),
+        Tool(
+            "unit_convert",
+            "Convert a value between units.",
+            {
+                "type": "object",
+                "properties": {
+                    "value": {"type": "number"},
+                    "from_unit": {"type": "string"},
+                    "to_unit": {"type": "string"},
+                },
+                "required": ["value", "from_unit", "to_unit"],
+            },
+            _convert,
+        ),
+        Tool(
+            "date_calc",
+            "Date arithmetic on YYYY-MM-DD dates.",
+            {
+                "type": "object",
+                "properties": {
+                    "operation": {"type": "string", "enum": ["add_days", "days_between", "weekday"]},
+                    "date": {"type": "string"},
+                    "days": {"type": "integer"},
+                    "other_date": {"type": "string"},
+                },
+                "required": ["operation", "date"],
+            },
+            _date,
+        ),
+    )
+}
 
 
 def tool_specs(names: list[str] | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ Grammar (usual precedence, ** right-associative and binding tighter than unary m
     power  := atom ('**' | '^' power)?
     atom   := NUMBER | '(' expr ')' | NAME '(' expr (',' expr)* ')'   (sqrt, abs, round)
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,11 @@ from fractions import Fraction
 
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|(\*\*|//|[-+*/%^(),×÷])|([A-Za-z_]+))")
 # Each is called with the float values of its arguments.
-_FUNCS: dict[str, Callable[..., float]] = {"sqrt": lambda x: math.sqrt(x), "abs": abs,
-                                           "round": lambda x, n=0: round(x, int(n))}
+_FUNCS: dict[str, Callable[..., float]] = {
+    "sqrt": lambda x: math.sqrt(x),
+    "abs": abs,
+    "round": lambda x, n=0: round(x, int(n)),
+}
 MAX_EXPONENT = 1000
 MAX_LEN = 200
 

@@ -1,4 +1,5 @@
 """Date arithmetic on ISO dates (YYYY-MM-DD): add days, difference in days, weekday."""
+
 from __future__ import annotations
 
 import datetime as dt

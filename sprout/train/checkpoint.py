@@ -15,6 +15,7 @@ are pruned only after the new one is complete, keeping the newest `keep` plus th
 Everything is read back with `torch.load(weights_only=True)`, so the Python RNG state is stored
 as plain lists and a crafted pickle cannot run code.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -134,9 +141,12 @@ def save_checkpoint(
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(root)
-        raise UserError(f"could not write checkpoint {final.name}: {describe(e) or e}",
-                        advice=f"the last good checkpoint is {good}, untouched; resume from it with --resume"
-                        if good else "no checkpoint was written yet") from e
+        raise UserError(
+            f"could not write checkpoint {final.name}: {describe(e) or e}",
+            advice=f"the last good checkpoint is {good}, untouched; resume from it with --resume"
+            if good
+            else "no checkpoint was written yet",
+        ) from e
     best = best_checkpoint(root)
     for old in list_checkpoints(root)[:-keep]:
         if old != best:
@@ -206,7 +216,8 @@ def _load_plain(file: Path, device: torch.device | str) -> Any:
     except pickle.UnpicklingError as e:
         # torch's message is a paragraph; the line naming the refused object is the one that matters.
         lines = [x for x in str(e).splitlines() if "GLOBAL" in x] or [str(e).splitlines()[0]]
-        raise UserError(f"refusing to load: it holds Python objects other than tensors and plain data "
-                        f"({lines[0].strip()})", file=file,
-                        advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh",
-                        ) from None
+        raise UserError(
+            f"refusing to load: it holds Python objects other than tensors and plain data ({lines[0].strip()})",
+            file=file,
+            advice="sprout only reads checkpoints it wrote itself; delete this one or start fresh",
+        ) from None

@@ -10,6 +10,7 @@
 Weights and optimizer state stay fp32 in every mode; autocast only lowers the precision of
 the matmuls, so checkpoints are identical in layout whatever the precision.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ metrics.jsonl gets one JSON object per logged step and one per evaluation (with 
 Trackers (tensorboard, wandb, swanlab) receive the same numbers; each is imported only when asked
 for, so none of them is a dependency.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,7 @@ def _import_tracker(name: str):
         return swanlab
     except ImportError as e:
         raise SystemExit(
-            f"tracker {name!r} is not installed ({e}); run: pip install {_INSTALL[name]}  "
-            f"(or drop it from trackers)"
+            f"tracker {name!r} is not installed ({e}); run: pip install {_INSTALL[name]}  (or drop it from trackers)"
         ) from None
 
 
@@ -54,8 +54,11 @@ class MetricsLog:
         self.path = out / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Drop records an interrupted run wrote after its last checkpoint: they are redone now.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif resume_step is None and self.path.exists():
             self.path.unlink()  # a fresh run in a reused folder starts a fresh log
@@ -67,13 +70,20 @@ class MetricsLog:
             if name == "tensorboard":
                 self._trackers.append((name, mod(log_dir=str(out / "tensorboard"))))
             elif name == "wandb":
-                self._trackers.append((name, mod.init(project="sprout", name=out.name, dir=str(out),
-                                                      config=run_config, resume="allow")))
+                self._trackers.append(
+                    (name, mod.init(project="sprout", name=out.name, dir=str(out), config=run_config, resume="allow"))
+                )
             else:
-                self._trackers.append((name, mod.init(project="sprout", experiment_name=out.name,
-                                                      config=run_config, logdir=str(out / "swanlab"))))
+                self._trackers.append(
+                    (
+                        name,
+                        mod.init(
+                            project="sprout", experiment_name=out.name, config=run_config, logdir=str(out / "swanlab")
+                        ),
+                    )
+                )
 
-    def __enter__(self) -> "MetricsLog":
+    def __enter__(self) -> MetricsLog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -84,8 +94,11 @@ class MetricsLog:
         self._file.flush()
         step = int(record["step"])
         prefix = "val/" if record.get("split") == "val" else "train/"
-        scalars = {prefix + k: float(v) for k, v in record.items()
-                   if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v)}
+        scalars = {
+            prefix + k: float(v)
+            for k, v in record.items()
+            if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v)
+        }
         for name, t in self._trackers:
             if name == "tensorboard":
                 for k, v in scalars.items():
@@ -123,10 +136,15 @@ class ProgressDisplay:
         self._t0 = time.perf_counter()
         self._p0: float | None = None
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.interactive:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                 console=self.console, transient=False)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
+            )
             self._task = self._bar.add_task("train", total=1000, info="")
             self._bar.start()
         return self

@@ -12,12 +12,14 @@ are `base_model.model.<module path>.lora_A.weight` / `.lora_B.weight` — the na
 `peft.PeftModel.from_pretrained(base, folder)` expects for a causal LM, since sprout's module
 paths equal transformers' (model.layers.N.self_attn.q_proj, ...).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,8 +65,9 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The base layer with the update folded into its weight (a new module; self is unchanged)."""
         b = self.base_layer
-        out = nn.Linear(b.in_features, b.out_features, bias=b.bias is not None,
-                        device=b.weight.device, dtype=b.weight.dtype)
+        out = nn.Linear(
+            b.in_features, b.out_features, bias=b.bias is not None, device=b.weight.device, dtype=b.weight.dtype
+        )
         with torch.no_grad():
             out.weight.copy_(b.weight + self.delta_weight().to(b.weight.dtype))
             if b.bias is not None:
@@ -78,8 +81,13 @@ def _matches(name: str, targets: Iterable[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def apply_lora(model: SproutForCausalLM, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-               target_modules: Iterable[str] = DEFAULT_TARGETS) -> list[str]:
+def apply_lora(
+    model: SproutForCausalLM,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: Iterable[str] = DEFAULT_TARGETS,
+) -> list[str]:
     """Freeze every parameter of `model`, wrap each targeted nn.Linear in a LoRALinear (in place).
     Returns the wrapped module paths. lm_head and embeddings are never targeted by default."""
     targets = list(target_modules)
@@ -92,8 +100,12 @@ def apply_lora(model: SproutForCausalLM, r: int = 8, alpha: float = 16.0, dropou
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
-    model.lora_config = {"r": int(r), "lora_alpha": float(alpha), "lora_dropout": float(dropout),
-                         "target_modules": sorted(set(targets))}
+    model.lora_config = {
+        "r": int(r),
+        "lora_alpha": float(alpha),
+        "lora_dropout": float(dropout),
+        "target_modules": sorted(set(targets)),
+    }
     return names
 
 
@@ -173,7 +185,7 @@ def load_adapter(model: SproutForCausalLM, folder: str | Path) -> SproutForCausa
     mods = lora_modules(model)
     seen = set()
     for key, value in state.items():
-        k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        k = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         k = k.replace(".default.", ".")  # tolerate files written with the adapter name inside
         path, _, leaf = k.rpartition(".lora_")
         part = "lora_" + leaf.split(".")[0]

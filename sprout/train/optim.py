@@ -7,6 +7,7 @@ Weight decay pulls weights toward zero. That is a useful prior on the big projec
   - embeddings (and the tied head, which *is* the embedding): rows of rare tokens get few
     gradient updates, so decay would erase them between visits.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,14 +84,23 @@ def _muon_groups(groups: list[dict], lr: float, muon_lr: float) -> list[dict]:
     """The decay group (hidden nn.Linear matrices) splits into Muon (2-D, not the LM head) and AdamW parts."""
     out = []
     for g in groups:
-        is_muon = [p.ndim == 2 and g["weight_decay"] > 0 and not n.startswith("lm_head")
-                   for n, p in zip(g["param_names"], g["params"])]
+        is_muon = [
+            p.ndim == 2 and g["weight_decay"] > 0 and not n.startswith("lm_head")
+            for n, p in zip(g["param_names"], g["params"])
+        ]
         for flag in (True, False):
             params = [p for p, m in zip(g["params"], is_muon) if m == flag]
             names = [n for n, m in zip(g["param_names"], is_muon) if m == flag]
             if params:
-                out.append({**g, "params": params, "param_names": names, "muon": flag,
-                            "lr_ratio": (muon_lr / lr if lr > 0 else 0.0) if flag else 1.0})
+                out.append(
+                    {
+                        **g,
+                        "params": params,
+                        "param_names": names,
+                        "muon": flag,
+                        "lr_ratio": (muon_lr / lr if lr > 0 else 0.0) if flag else 1.0,
+                    }
+                )
     return out
 
 

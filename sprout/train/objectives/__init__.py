@@ -4,6 +4,7 @@ A new stage subclasses `Objective`, decorates itself with `@register` and gets a
 sprout/train/stages.py (name -> module, so the CLI lists stages without importing torch); the engine
 needs nothing else. See base.py for the interface.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,5 +36,6 @@ def get_objective(name: str) -> type[Objective]:
 def build_objective(cfg) -> Objective:
     """The objective for `cfg.stage`, configured by `cfg` (a TrainConfig)."""
     return get_objective(cfg.stage)(cfg)
+
 
 __all__ = ["OBJECTIVES", "Objective", "build_objective", "get_objective", "move_batch", "register"]

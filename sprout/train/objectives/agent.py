@@ -10,6 +10,7 @@ Prompts: built-in tool questions (task: [calc, unit] by default, every tool list
 questions never used) or data=FILE in MiniMind's agent_rl format (conversations, tools on the system
 message, gt). objective_args as grpo, with max_tool_rounds (1) and task / tools.
 """
+
 from __future__ import annotations
 
 from . import register

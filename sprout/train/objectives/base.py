@@ -12,10 +12,12 @@ different. Override only what differs; the defaults fit a causal LM trained on d
            obj.on_optimizer_step(model)          # after each optimizer step: MoE router-bias update
     end:   obj.save(model, tok, out)             # HF folder (LoRA: adapter folder)
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,8 +111,9 @@ class Objective:
         """Scalar loss to minimise and extra metrics (plain floats) for the log."""
         raise NotImplementedError
 
-    def model_losses(self, out: CausalLMOutput, labels: torch.Tensor | None, doc_ids: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    def model_losses(
+        self, out: CausalLMOutput, labels: torch.Tensor | None, doc_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """What every objective adds to its own loss from the model's output, and the metrics for the log:
 
         * the MTP loss (DeepSeek), scored with the same shifted `labels` as the main loss, so positions the
@@ -158,8 +161,13 @@ class Objective:
 
     def describe(self) -> dict[str, Any]:
         """The self-description above as plain data (JSON-ready)."""
-        return {"stage": self.name, "loss_label": self.loss_label, "lm_loss": self.lm_loss, "healthy": self.healthy,
-                "plot_metrics": list(self.plot_metrics)}
+        return {
+            "stage": self.name,
+            "loss_label": self.loss_label,
+            "lm_loss": self.lm_loss,
+            "healthy": self.healthy,
+            "plot_metrics": list(self.plot_metrics),
+        }
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write the final artefact: a standard Hugging Face folder with the tokenizer beside it."""
@@ -175,8 +183,7 @@ def sprout_model(model: nn.Module) -> SproutForCausalLM:
     return model
 
 
-def mtp_loss(mtp_logits: list[torch.Tensor], labels: torch.Tensor, doc_ids: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def mtp_loss(mtp_logits: list[torch.Tensor], labels: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over depths d of the CE of mtp_logits[d-1] ([B, T-d, V], position i predicts token i+d+1) against
     labels[:, i+d] (labels[t] is the target of position t, -100 = none). With doc_ids a target in another packed
     document than position i is ignored. A depth with no target contributes 0 (not NaN), so every rank's graph

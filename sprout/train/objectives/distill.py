@@ -9,6 +9,7 @@ objective_args: teacher (required), temperature (2.0), alpha (0.5), dataset (bui
 from sprout.data.builtin_sets, e.g. "domain"; default the normal built-in SFT data).
 Logged metrics: ce (the student's plain cross-entropy, comparable to an SFT run's loss) and kd.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,13 @@ from .base import sprout_model
 from .lm import SFTObjective, model_inputs
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float = 2.0, alpha: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Distillation loss over positions with labels != -100; logits [..., V], labels [...]."""
     mask = labels != -100
     s = student_logits[mask].float()
@@ -42,8 +48,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 class DistillObjective(SFTObjective):
     name = "distill"
     loss_label = "alpha * KL(teacher || student) + (1 - alpha) * cross-entropy"
-    healthy = ("Both `kd` (the KL to the teacher) and `ce` fall; `ce` is comparable with an SFT run's loss on the "
-               "same data and should end below it.")
+    healthy = (
+        "Both `kd` (the KL to the teacher) and `ce` fall; `ce` is comparable with an SFT run's loss on the "
+        "same data and should end below it."
+    )
     plot_metrics = ("kd", "ce")
 
     @property
@@ -58,7 +66,9 @@ class DistillObjective(SFTObjective):
         student = sprout_model(model)
         tv, sv = self.teacher.config.vocab_size, student.config.vocab_size
         if tv != sv:
-            raise SystemExit(f"teacher vocabulary ({tv}) differs from the student's ({sv}); they must share a tokenizer")
+            raise SystemExit(
+                f"teacher vocabulary ({tv}) differs from the student's ({sv}); they must share a tokenizer"
+            )
 
     def data_source(self) -> str:
         if self.args.get("dataset") and not self.cfg.data:
@@ -73,8 +83,13 @@ class DistillObjective(SFTObjective):
         out = model(batch["input_ids"], **inputs)
         with torch.no_grad():
             t_logits = self.teacher(batch["input_ids"], **inputs).logits
-        loss, metrics = kd_loss(out.logits, t_logits, batch["labels"], float(self.args.get("temperature", 2.0)),
-                                float(self.args.get("alpha", 0.5)))
+        loss, metrics = kd_loss(
+            out.logits,
+            t_logits,
+            batch["labels"],
+            float(self.args.get("temperature", 2.0)),
+            float(self.args.get("alpha", 0.5)),
+        )
         extra, more = self.model_losses(out, batch["labels"], batch.get("doc_ids"))
         metrics.update(more)
         return (loss if extra is None else loss + extra), metrics

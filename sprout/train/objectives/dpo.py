@@ -12,6 +12,7 @@ ref_model (folder; default the starting model), val_data (held-out pairs; defaul
 dpo-heldout), val_limit (400), limit (train pairs, default all).
 Metrics: rewards_chosen, rewards_rejected, margin, accuracy (fraction with r(y_w) > r(y_l)).
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,10 +33,16 @@ from .base import Objective, move_batch
 LOSSES = ("sigmoid", "ipo")
 
 
-def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
-             ref_rejected_logps: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid",
-             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean preference loss over the batch and its metrics; inputs are summed response log-probs [B]."""
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
@@ -49,13 +56,18 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     else:
         raise ValueError(f"unknown DPO loss {loss_type!r}; choose one of {', '.join(LOSSES)}")
     rc, rr = (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
-    metrics = {"rewards_chosen": rc.mean(), "rewards_rejected": rr.mean(), "margin": (rc - rr).mean(),
-               "accuracy": (rc > rr).float().mean()}
+    metrics = {
+        "rewards_chosen": rc.mean(),
+        "rewards_rejected": rr.mean(),
+        "margin": (rc - rr).mean(),
+        "accuracy": (rc > rr).float().mean(),
+    }
     return per.mean(), metrics
 
 
-def sequence_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(label) over labelled positions per row, and the number of those positions."""
     kw = {"attention_mask": attention_mask} if attention_mask is not None else {}
     return response_logps(model(input_ids, **kw).logits, labels)
@@ -130,8 +142,8 @@ def pad_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.T
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), T), -100, dtype=torch.long)
     att = torch.zeros((len(seqs), T), dtype=torch.long)
-    for r, (s, l) in enumerate(zip(seqs, labs)):
-        ids[r, :len(s)], labels[r, :len(l)], att[r, :len(s)] = s, l, 1
+    for r, (s, lab) in enumerate(zip(seqs, labs)):
+        ids[r, : len(s)], labels[r, : len(lab)], att[r, : len(s)] = s, lab, 1
     batch = {"input_ids": ids, "labels": labels, "attention_mask": att}
     if "ref_chosen" in items[0]:
         batch["ref_chosen"] = torch.tensor([float(it["ref_chosen"]) for it in items])
@@ -143,8 +155,10 @@ def pad_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.T
 class DPOObjective(Objective):
     name = "dpo"
     loss_label = "DPO loss, -log sigmoid(beta * reward margin); 0.693 at the start"
-    healthy = ("The loss starts at ln 2 = 0.693 (policy = reference), the reward margin grows and accuracy "
-               "(chosen reward above rejected) rises well above 0.5; chosen log-probabilities should not collapse.")
+    healthy = (
+        "The loss starts at ln 2 = 0.693 (policy = reference), the reward margin grows and accuracy "
+        "(chosen reward above rejected) rises well above 0.5; chosen log-probabilities should not collapse."
+    )
     plot_metrics = ("margin", "accuracy", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
     policy: nn.Module  # the model being trained: set by setup(), which the engine calls before datasets()
 
@@ -192,9 +206,17 @@ class DPOObjective(Objective):
         from ...data.tokenized import tokenizer_fingerprint
 
         p = Path(source)
-        key = json.dumps([str(p.resolve()), p.stat().st_mtime_ns if p.is_file() else 0, self.cfg.seq_len, limit,
-                          tokenizer_fingerprint(tokenizer), self.reference,
-                          str(Path(self._reference_source()).resolve())])
+        key = json.dumps(
+            [
+                str(p.resolve()),
+                p.stat().st_mtime_ns if p.is_file() else 0,
+                self.cfg.seq_len,
+                limit,
+                tokenizer_fingerprint(tokenizer),
+                self.reference,
+                str(Path(self._reference_source()).resolve()),
+            ]
+        )
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
         cache = Path(self.cfg.out) / "tokenized" / "dpo" / f"{split}-{key}.pt"
         if cache.exists():  # tokens and reference log-probs, computed once
@@ -241,8 +263,9 @@ class DPOObjective(Objective):
             val_src = Path(self.cfg.out) / "data" / "builtin-dpo-heldout.jsonl"
             if not val_src.exists():
                 write_post_builtin("dpo-heldout", val_src)
-        val = self._load_split(str(val_src), tokenizer, "val", int(self.args.get("val_limit", 400))) \
-            if val_src else None
+        val = (
+            self._load_split(str(val_src), tokenizer, "val", int(self.args.get("val_limit", 400))) if val_src else None
+        )
         return train, val
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

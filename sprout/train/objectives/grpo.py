@@ -15,6 +15,7 @@ gradient is the policy gradient); the clipping matters for rollouts from a serve
 objective_args: group_size (8), loss_type (grpo | bnpo | dr_grpo | cispo), epsilon (0.2),
 epsilon_high (eps, cispo: 5.0), scale_rewards (true), plus the shared ones in rl.py.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,10 +39,18 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return adv.reshape(-1)
 
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.04, epsilon_low: float = 0.2,
-              epsilon_high: float = 0.2, loss_type: str = "grpo", max_completion_length: int | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float = 0.04,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Policy loss over [N, T] per-token log-probs (mask = policy tokens) and [N] advantages."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown GRPO loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
@@ -87,14 +96,25 @@ class GRPOObjective(RLObjective):
     def samples_per_prompt(self) -> int:
         return self.group
 
-    def policy_loss(self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def policy_loss(
+        self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = pack(trajs, self.tokenizer.pad_id, self.device)
         adv = group_advantages(rewards.float(), self.group, bool(self.args.get("scale_rewards", True)))
         ids, mask = batch["input_ids"], batch["loss_mask"]
         logps = token_logps(model, ids, self.sampling.temperature, mask)
-        loss, m = grpo_loss(logps, logps.detach(), self.ref_logps(ids, mask), adv, mask, self.kl_coef,
-                            self.eps_low, self.eps_high, self.loss_type, self.sampling.max_new_tokens)
+        loss, m = grpo_loss(
+            logps,
+            logps.detach(),
+            self.ref_logps(ids, mask),
+            adv,
+            mask,
+            self.kl_coef,
+            self.eps_low,
+            self.eps_high,
+            self.loss_type,
+            self.sampling.max_new_tokens,
+        )
         # groups whose replies all scored the same teach nothing: worth watching on an easy or hard task
         m["zero_std_groups"] = (rewards.view(-1, self.group).std(1) == 0).float().mean()
         return loss, m

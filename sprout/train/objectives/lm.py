@@ -5,6 +5,7 @@ to back and predicts every token. SFT renders conversations with the chat templa
 only what the assistant says (labels are -100 elsewhere), packing several conversations per row
 with `doc_ids` so attention never crosses from one conversation into another.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,9 +70,11 @@ class CausalLMObjective(Objective):
 class PretrainObjective(CausalLMObjective):
     name = "pretrain"
     loss_label = "cross-entropy, nats/token (+ MoE balance loss)"
-    healthy = ("The loss starts near ln(vocab_size) (8.76 for 6,400 tokens), falls steeply over the first few "
-               "percent of tokens, then slowly; validation loss stays within a few tenths of the training loss and "
-               "grad_norm settles below grad_clip after warmup.")
+    healthy = (
+        "The loss starts near ln(vocab_size) (8.76 for 6,400 tokens), falls steeply over the first few "
+        "percent of tokens, then slowly; validation loss stays within a few tenths of the training loss and "
+        "grad_norm settles below grad_clip after warmup."
+    )
     data_kind = "pretrain"
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
@@ -79,13 +82,21 @@ class PretrainObjective(CausalLMObjective):
         from ...data.tokenized import describe_meta, tokenize_pretrain
 
         cache = self.cache_dir()
-        meta = tokenize_pretrain(self.data_source(), tokenizer, cache, val_fraction=self.cfg.val_fraction,
-                                 seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        meta = tokenize_pretrain(
+            self.data_source(),
+            tokenizer,
+            cache,
+            val_fraction=self.cfg.val_fraction,
+            seed=self.cfg.seed,
+            skip_invalid=self.cfg.skip_invalid,
+        )
         print(describe_meta(meta))
         val = None  # val_fraction=0: no validation
         if self.cfg.val_fraction > 0 and meta["val"]["tokens"] <= self.cfg.seq_len:
-            print(f"validation off: the {meta['val']['tokens']} held-out tokens do not fill one window of "
-                  f"{self.cfg.seq_len}+1; raise val_fraction (now {self.cfg.val_fraction}) for a validation loss")
+            print(
+                f"validation off: the {meta['val']['tokens']} held-out tokens do not fill one window of "
+                f"{self.cfg.seq_len}+1; raise val_fraction (now {self.cfg.val_fraction}) for a validation loss"
+            )
         elif self.cfg.val_fraction > 0:
             val = PretrainDataset(cache / "val.bin", self.cfg.seq_len)
         return PretrainDataset(cache / "train.bin", self.cfg.seq_len), val
@@ -95,8 +106,10 @@ class PretrainObjective(CausalLMObjective):
 class SFTObjective(CausalLMObjective):
     name = "sft"
     loss_label = "cross-entropy on assistant tokens, nats/token"
-    healthy = ("The loss starts near the base model's loss on chat text and falls over the first pass; validation "
-               "loss follows it. Validation loss rising while training loss falls means too many epochs.")
+    healthy = (
+        "The loss starts near the base model's loss on chat text and falls over the first pass; validation "
+        "loss follows it. Validation loss rising while training loss falls means too many epochs."
+    )
     data_kind = "sft"
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
@@ -104,8 +117,15 @@ class SFTObjective(CausalLMObjective):
         from ...data.tokenized import describe_meta, tokenize_sft
 
         cache = self.cache_dir()
-        meta = tokenize_sft(self.data_source(), tokenizer, cache, self.cfg.seq_len,
-                            val_fraction=self.cfg.val_fraction, seed=self.cfg.seed, skip_invalid=self.cfg.skip_invalid)
+        meta = tokenize_sft(
+            self.data_source(),
+            tokenizer,
+            cache,
+            self.cfg.seq_len,
+            val_fraction=self.cfg.val_fraction,
+            seed=self.cfg.seed,
+            skip_invalid=self.cfg.skip_invalid,
+        )
         print(describe_meta(meta))
         # val_fraction=0, or a split too small to hold a conversation: no validation.
         val = SFTDataset(cache / "val", self.cfg.seq_len, pack=self.cfg.pack) if meta["val"]["conversations"] else None

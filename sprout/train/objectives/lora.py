@@ -5,10 +5,12 @@ projection), dataset ("identity" or "domain" built-in set when no data= is given
 (identity set), adapter (continue training an existing adapter folder).
 The run folder becomes a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 
@@ -23,8 +25,10 @@ from .lm import SFTObjective
 class LoRAObjective(SFTObjective):
     name = "lora"
     loss_label = "cross-entropy on assistant tokens, nats/token (adapter only trained)"
-    healthy = ("A small set is learned fast: the loss falls by several nats within a few hundred steps and "
-               "validation loss follows; only the adapter's parameters change.")
+    healthy = (
+        "A small set is learned fast: the loss falls by several nats within a few hundred steps and "
+        "validation loss follows; only the adapter's parameters change."
+    )
     data_kind = "sft"
 
     @property
@@ -40,9 +44,13 @@ class LoRAObjective(SFTObjective):
             for _, p in lora_parameters(model):
                 p.requires_grad_(True)
         else:
-            apply_lora(model, r=int(self.args.get("r", 8)), alpha=float(self.args.get("alpha", 16)),
-                       dropout=float(self.args.get("dropout", 0.05)),
-                       target_modules=self.args.get("target_modules", DEFAULT_TARGETS))
+            apply_lora(
+                model,
+                r=int(self.args.get("r", 8)),
+                alpha=float(self.args.get("alpha", 16)),
+                dropout=float(self.args.get("dropout", 0.05)),
+                target_modules=self.args.get("target_modules", DEFAULT_TARGETS),
+            )
         return model
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -54,7 +62,11 @@ class LoRAObjective(SFTObjective):
         return self.builtin_or_data(dataset, **kw)
 
     def cache_dir(self) -> Path:
-        return Path(self.cfg.out) / "tokenized" / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"
+        return (
+            Path(self.cfg.out)
+            / "tokenized"
+            / f"lora-{self.args.get('dataset', 'identity') if not self.cfg.data else 'data'}"
+        )
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         base = str(Path(self.cfg.model).resolve()) if self.cfg.model else None  # build_model requires cfg.model

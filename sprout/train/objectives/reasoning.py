@@ -6,6 +6,7 @@ multiplies the loss on the format tag tokens (<think>, </think>, <tool_call>, </
 objective_args.tag_tokens) so a small model keeps the format. The loss is then
 sum(w * ce) / sum(w) over labelled positions; the logged `ce` stays the unweighted mean.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ from .lm import SFTObjective, model_inputs
 TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>")
 
 
-def tag_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, tag_ids: torch.Tensor, weight: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def tag_weighted_ce(
+    logits: torch.Tensor, labels: torch.Tensor, tag_ids: torch.Tensor, weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted loss, plain mean CE) over labels != -100."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none")
     lab = labels.flatten()
@@ -44,14 +46,18 @@ class _TaggedSFT(SFTObjective):
         names = self.args.get("tag_tokens", TAGS)
         missing = [t for t in names if not tok.has_token(t)]
         if missing:  # the data writes these tags; as several BPE pieces the model could not learn them as one
-            raise SystemExit(f"the tokenizer of {self.cfg.tokenizer or self.cfg.model} has no {', '.join(missing)} "
-                             f"token, which the {self.name} stage's data is written with; use a tokenizer that has "
-                             "them (sprout's own, Qwen3's) or pretrain with one")
+            raise SystemExit(
+                f"the tokenizer of {self.cfg.tokenizer or self.cfg.model} has no {', '.join(missing)} "
+                f"token, which the {self.name} stage's data is written with; use a tokenizer that has "
+                "them (sprout's own, Qwen3's) or pretrain with one"
+            )
         self.tag_ids = torch.tensor([tok.token_id(t) for t in names])
         return tok
 
     def data_source(self) -> str:
-        kw = {k: self.args[k] for k in ("n", "think_fraction", "all_tools_fraction", "direct_fraction") if k in self.args}
+        kw = {
+            k: self.args[k] for k in ("n", "think_fraction", "all_tools_fraction", "direct_fraction") if k in self.args
+        }
         return self.builtin_or_data(self.builtin, **kw)
 
     def cache_dir(self) -> Path:
@@ -72,8 +78,10 @@ class _TaggedSFT(SFTObjective):
 class ReasoningObjective(_TaggedSFT):
     name = "reasoning"
     loss_label = "cross-entropy on assistant tokens, <think> tags weighted by tag_weight"
-    healthy = ("The loss falls fast (the template of a <think> block is learned in the first few dozen steps), "
-               "then slowly; `ce` is the unweighted loss. Check the format with `sprout eval skills reasoning`.")
+    healthy = (
+        "The loss falls fast (the template of a <think> block is learned in the first few dozen steps), "
+        "then slowly; `ce` is the unweighted loss. Check the format with `sprout eval skills reasoning`."
+    )
     plot_metrics = ("ce",)
     builtin = "reasoning"
 
@@ -82,8 +90,10 @@ class ReasoningObjective(_TaggedSFT):
 class ToolsObjective(_TaggedSFT):
     name = "tools"
     loss_label = "cross-entropy on assistant tokens (tool calls and answers), tags weighted by tag_weight"
-    healthy = ("The loss falls from about 4 to below 1: the call protocol (JSON call, read the result, answer) is "
-               "learned in the first ~150 steps, copying the right digits takes the rest. Check with "
-               "`sprout eval skills tools`.")
+    healthy = (
+        "The loss falls from about 4 to below 1: the call protocol (JSON call, read the result, answer) is "
+        "learned in the first ~150 steps, copying the right digits takes the rest. Check with "
+        "`sprout eval skills tools`."
+    )
     plot_metrics = ("ce",)
     builtin = "tools"

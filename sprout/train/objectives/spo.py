@@ -12,6 +12,7 @@ so a baseline forgets old rewards quickly while the policy changes fast, and ave
 is stable. The tracker lives in the checkpoint (exact resume).
 objective_args: kl_half (0.05), rho_min (0.5), rho_max (0.96), baseline_key (kind | prompt), plus rl.py's.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ class ValueTracker:
         self.table[key] = [rho * num + sum(rewards), rho * den + len(rewards), kl_now]
 
 
-def spo_loss(logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-             beta: float = 0.04) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def spo_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float = 0.04,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level REINFORCE with a baseline: -mean over policy tokens of A * log pi, plus beta * k3."""
     per_token = -advantages.unsqueeze(1) * logps
     metrics: dict[str, torch.Tensor] = {}
@@ -70,16 +76,18 @@ class SPOObjective(RLObjective):
     def __init__(self, cfg):
         super().__init__(cfg)
         a = self.args
-        self.tracker = ValueTracker(float(a.get("kl_half", 0.05)), float(a.get("rho_min", 0.5)),
-                                    float(a.get("rho_max", 0.96)))
+        self.tracker = ValueTracker(
+            float(a.get("kl_half", 0.05)), float(a.get("rho_min", 0.5)), float(a.get("rho_max", 0.96))
+        )
         self.key_by = a.get("baseline_key", "prompt" if cfg.data else "kind")
         self.last_kl = 0.0
 
     def _key(self, item: dict) -> str:
         return item["kind"] if self.key_by == "kind" else json.dumps(item["messages"], ensure_ascii=False)
 
-    def policy_loss(self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def policy_loss(
+        self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = pack(trajs, self.tokenizer.pad_id, self.device)
         r = rewards.float().tolist()
         keys = [self._key(it) for it in items]
