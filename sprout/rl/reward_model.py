@@ -9,29 +9,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.dense import SproutForCausalLM
 
 _ARCH = {"qwen3": "Qwen3ForSequenceClassification", "llama": "LlamaForSequenceClassification"}
 
 
 class RewardModel(nn.Module):
-    def __init__(self, lm: Any):  # a SproutForCausalLM of the qwen3 / llama family
+    def __init__(self, lm: SproutForCausalLM):  # of the qwen3 / llama family
         super().__init__()
         if lm.config.model_type not in _ARCH:
             raise SystemExit(f"reward models are built on qwen3 or llama models, not {lm.config.model_type!r}")
         self.config = lm.config
-        self.model = lm.model  # embeddings, layers, final norm (the LM head is dropped)
+        self.model = lm.model  # embeddings, layers, final norm (the LM head is not a part of this module)
+        # The LM's trunk code over those same layers; a bound method, not a submodule, so the saved names stay
+        # `model.*` and `score.weight` (the LM object stays referenced, its head outside this module's state).
+        self.trunk = lm.trunk
         self.score = nn.Linear(lm.config.hidden_size, 1, bias=False)
         nn.init.normal_(self.score.weight, std=lm.config.hidden_size ** -0.5)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B] scores at each row's last real token."""
-        from ..models.dense import SproutForCausalLM
-
-        x, _ = SproutForCausalLM.trunk(self, input_ids)  # the LM's trunk code over this module's layers
+        x, _ = self.trunk(input_ids)
         h = self.model.norm(x)
         last = attention_mask.sum(1) - 1
         return self.score(h[torch.arange(len(last), device=h.device), last]).squeeze(-1).float()

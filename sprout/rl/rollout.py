@@ -18,12 +18,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from ..infer.generate import SamplingConfig, generate
+
+if TYPE_CHECKING:
+    from ..models.dense import SproutForCausalLM
 
 
 @dataclass
@@ -45,20 +48,20 @@ class RolloutBackend(Protocol):
     def complete(self, prompts: list[list[int]], sc: SamplingConfig) -> list[list[int]]:
         """New tokens per prompt, the stop token included when one was produced."""
 
-    def sync(self, model: nn.Module) -> None:
+    def sync(self, model: SproutForCausalLM) -> None:
         """Make the backend sample from `model`'s current weights (called after each optimizer step)."""
 
 
 class LocalBackend:
     """In-process sampling from the policy itself (always in sync)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: SproutForCausalLM):
         self.model = model
 
     def complete(self, prompts: list[list[int]], sc: SamplingConfig) -> list[list[int]]:
         return generate(self.model, prompts, sc, include_stop=True)
 
-    def sync(self, model: nn.Module) -> None:
+    def sync(self, model: SproutForCausalLM) -> None:
         self.model = model
 
 
@@ -72,7 +75,7 @@ class OpenAIBackend:
     """
 
     def __init__(self, base_url: str, model_name: str, tokenizer: Any, stop_id: int = 2,
-                 on_sync: Callable[[nn.Module], None] | None = None, client: Any = None, timeout: float = 300):
+                 on_sync: Callable[[SproutForCausalLM], None] | None = None, client: Any = None, timeout: float = 300):
         import httpx
 
         self.model_name, self.tokenizer, self.stop_id, self.on_sync = model_name, tokenizer, stop_id, on_sync
@@ -93,7 +96,7 @@ class OpenAIBackend:
             out.append(toks)
         return out
 
-    def sync(self, model: nn.Module) -> None:
+    def sync(self, model: SproutForCausalLM) -> None:
         if self.on_sync is not None:
             self.on_sync(model)
 
@@ -105,7 +108,7 @@ class DiskSync:
     def __init__(self, folder: str | Path, url: str | None = None):
         self.folder, self.url = Path(folder), url
 
-    def __call__(self, model: nn.Module) -> None:
+    def __call__(self, model: SproutForCausalLM) -> None:
         import httpx
 
         from ..models import save_model
@@ -142,7 +145,9 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, temperature: float = 
     With `mask` ([N, T-1]) the vocabulary projection runs only where mask > 0 (elsewhere the result
     is 0): an agentic prompt with every tool listed is ~450 tokens and the reply ~60, so this skips
     most of the [N, T, V] logits, the largest tensor of the step."""
-    if mask is not None and hasattr(model, "trunk"):
+    from ..models.dense import SproutForCausalLM
+
+    if mask is not None and isinstance(model, SproutForCausalLM):
         x, _ = model.trunk(input_ids[:, :-1])
         return selected_logps(model.lm_head, model.model.norm(x), input_ids[:, 1:], mask > 0, temperature)
     logits = model(input_ids[:, :-1]).logits.float()

@@ -52,7 +52,12 @@ class Objective:
 
         return Tokenizer.load(self.cfg.tokenizer or self.cfg.model or default_tokenizer_dir())
 
-    def build_model(self, tokenizer: Any) -> SproutForCausalLM:
+    def build_model(self, tokenizer: Any) -> nn.Module:
+        """What the engine trains: the causal LM of `build_lm`, or a module built around it (a reward model,
+        PPO's policy plus value head)."""
+        return self.build_lm(tokenizer)
+
+    def build_lm(self, tokenizer: Any) -> SproutForCausalLM:
         """Load cfg.model, or build a fresh `cfg.preset` whose vocabulary fits the tokenizer.
 
         Returned on CPU in fp32; the engine moves it. Objectives that need extra models

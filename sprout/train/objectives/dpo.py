@@ -181,7 +181,7 @@ class DPOObjective(Objective):
     def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
             raise SystemExit("dpo starts from a trained (SFT) model: give model=DIR")
-        return super().build_model(tokenizer)
+        return super().build_lm(tokenizer)
 
     def _reference_source(self) -> str:
         """The reference model's folder: objective_args.ref_model, else the SFT model the policy starts from."""

@@ -38,7 +38,7 @@ class LoRAObjective(SFTObjective):
     def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
             raise SystemExit("lora trains adapters on an existing model: give model=BASE_MODEL_DIR")
-        model = super().build_model(tokenizer)
+        model = super().build_lm(tokenizer)
         if self.args.get("adapter"):
             load_adapter(model, self.args["adapter"])
             for _, p in lora_parameters(model):

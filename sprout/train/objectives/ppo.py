@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models import save_model
+from ...models import SproutForCausalLM, save_model
 from ...rl.rollout import masked_mean, pack, selected_logps
 from . import register
 from .rl import RLObjective
@@ -32,7 +32,7 @@ from .rl import RLObjective
 class ActorCritic(nn.Module):
     """The policy plus a value head on its final hidden state; `policy` is what gets saved."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: SproutForCausalLM):
         super().__init__()
         self.policy = policy
         self.value_head = nn.Linear(policy.config.hidden_size, 1)
@@ -48,6 +48,13 @@ class ActorCritic(nn.Module):
         logps = selected_logps(self.policy.lm_head, h, input_ids[:, 1:], sel, temperature)
         values = torch.zeros_like(logps).masked_scatter(sel, self.value_head(h[sel]).squeeze(-1).float())
         return logps, values
+
+
+def actor_critic(model: nn.Module) -> ActorCritic:
+    """The model the engine hands a hook, as the ActorCritic that PPO's build_model made."""
+    if not isinstance(model, ActorCritic):
+        raise TypeError(f"expected the PPO actor-critic, got {type(model).__name__}")
+    return model
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
@@ -103,13 +110,13 @@ class PPOObjective(RLObjective):
         self.reward_log: dict[str, float] = {}
 
     def build_model(self, tokenizer: Any) -> nn.Module:
-        return ActorCritic(super().build_model(tokenizer))
+        return ActorCritic(self.build_lm(tokenizer))
 
-    def policy_of(self, model: nn.Module) -> nn.Module:
-        return model.policy
+    def policy_of(self, model: nn.Module) -> SproutForCausalLM:
+        return actor_critic(model).policy
 
     def save(self, model: nn.Module, tokenizer: Any, out) -> None:
-        save_model(model.policy, out)  # the value head is a training-only part
+        save_model(actor_critic(model).policy, out)  # the value head is a training-only part
         if tokenizer is not None:
             tokenizer.save(out)
 
@@ -159,9 +166,10 @@ class PPOObjective(RLObjective):
         early = float(m["approx_kl"]) > 1.5 * float(self.args.get("target_kl", 0.1))
         if early or pos + mb >= len(buf["order"]) or pos + 2 * mb > len(buf["order"]):
             self.buffer = {}  # rollout used up (or the policy moved too far from it): sample afresh next step
-        m.update({"policy_loss": pg.detach(), "value_loss": vf.detach(), "early_stop": float(early)})
-        m.update(self.reward_log)
-        return loss, m
+        metrics: dict[str, Any] = {**m, "policy_loss": pg.detach(), "value_loss": vf.detach(),
+                                   "early_stop": float(early)}
+        metrics.update(self.reward_log)
+        return loss, metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": {k: v.cpu() for k, v in self.buffer.items()},

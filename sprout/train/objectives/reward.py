@@ -36,7 +36,7 @@ class RewardObjective(Objective):
     def build_model(self, tokenizer: Any) -> nn.Module:
         if not self.cfg.model:
             raise SystemExit("reward starts from a trained model's trunk: give model=DIR")
-        return RewardModel(super().build_model(tokenizer))
+        return RewardModel(self.build_lm(tokenizer))
 
     def _pairs(self, source: str, tokenizer: Any, limit: int | None) -> PairDataset:
         from ...data.readers import read_records
@@ -75,6 +75,8 @@ class RewardObjective(Objective):
                       "margin": (chosen - rejected).mean().detach()}
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
+        if not isinstance(model, RewardModel):
+            raise TypeError(f"expected the RewardModel that build_model made, got {type(model).__name__}")
         model.save(out)
         if tokenizer is not None:
             tokenizer.save(out)

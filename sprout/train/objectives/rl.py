@@ -31,19 +31,20 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...infer.generate import SamplingConfig
-from ...models import load_model
+from ...models import SproutForCausalLM, load_model
 from ...rl import rewards as R
 from ...rl.rollout import (
     DiskSync,
     LocalBackend,
     OpenAIBackend,
+    RolloutBackend,
     Trajectory,
     agent_rollouts,
     dump_samples,
     sample,
     token_logps,
 )
-from .base import Objective
+from .base import Objective, sprout_model
 
 
 class PromptDataset(Dataset):
@@ -92,15 +93,15 @@ class RLObjective(Objective):
     def samples_per_prompt(self) -> int:
         return 1
 
-    def build_model(self, tokenizer: Any) -> nn.Module:
+    def build_lm(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
             raise SystemExit(f"{self.name} starts from a trained chat model: give model=DIR")
-        return super().build_model(tokenizer)
+        return super().build_lm(tokenizer)
 
     # ---- setup -------------------------------------------------------------------------------
-    def policy_of(self, model: nn.Module) -> nn.Module:
+    def policy_of(self, model: nn.Module) -> SproutForCausalLM:
         """The causal LM inside what build_model returned (PPO wraps it with a value head)."""
-        return model
+        return sprout_model(model)
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         self.device = device
@@ -115,7 +116,7 @@ class RLObjective(Objective):
             self.reward_scorer = RewardScorer(self.args["reward_model"], device)
         self.backend = self._backend(policy)
 
-    def _backend(self, policy: nn.Module):
+    def _backend(self, policy: SproutForCausalLM) -> RolloutBackend:
         kind = self.args.get("backend", "local")
         if kind == "local":
             return LocalBackend(policy)
@@ -208,7 +209,8 @@ class RLObjective(Objective):
     def score(self, items: list[dict], trajs: list[Trajectory]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Rewards [N] and each component [N] (weighted sum = reward)."""
         a = self.args
-        totals, parts = [], {}
+        totals: list[float] = []
+        parts: dict[str, list[float]] = {}
         for it, t in zip(items, trajs):
             total, p = R.score(t.final_text, it, t.generated, self.weights, int(a.get("min_tokens", 1)),
                                int(a.get("max_tokens", 64)))
