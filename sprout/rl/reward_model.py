@@ -5,6 +5,7 @@ num_labels 1) that stock transformers loads; `RewardScorer` scores with any such
 The score of a sequence is the head applied to the final-norm hidden state of its last real token
 (right padding), exactly what transformers' *ForSequenceClassification computes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class RewardModel(nn.Module):
         # `model.*` and `score.weight` (the LM object stays referenced, its head outside this module's state).
         self.trunk = lm.trunk
         self.score = nn.Linear(lm.config.hidden_size, 1, bias=False)
-        nn.init.normal_(self.score.weight, std=lm.config.hidden_size ** -0.5)
+        nn.init.normal_(self.score.weight, std=lm.config.hidden_size**-0.5)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B] scores at each row's last real token."""
@@ -48,8 +49,15 @@ class RewardModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         cfg = self.config.to_hf_dict()
-        cfg.update({"architectures": [_ARCH[self.config.model_type]], "num_labels": 1,
-                    "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "tie_word_embeddings": False})
+        cfg.update(
+            {
+                "architectures": [_ARCH[self.config.model_type]],
+                "num_labels": 1,
+                "id2label": {"0": "LABEL_0"},
+                "label2id": {"LABEL_0": 0},
+                "tie_word_embeddings": False,
+            }
+        )
         (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 

@@ -8,6 +8,7 @@
     repetition  -(fraction of repeated word 3-grams): 0 for text that never repeats itself
     number      1 if the reply contains a number at all (a gentle shaping term for numeric tasks)
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def answer_matches(text: str, gt: Any) -> bool:
     """True when the reply answers `gt` (a string or a list of acceptable strings). A numeric truth is
     compared with the *last* number of the reply (the conclusion, not a number restated from the
     question), to 1e-6 relative; a date or other text must appear verbatim."""
-    for g in (gt if isinstance(gt, (list, tuple)) else [gt]):
+    for g in gt if isinstance(gt, (list, tuple)) else [gt]:
         g = str(g).strip()
         want = None if _DATE.match(g) else _as_number(g)
         if want is None:
@@ -48,7 +49,7 @@ def think_format(text: str) -> float:
     t = text.strip()
     if t.count("<think>") != 1 or t.count("</think>") != 1 or not t.startswith("<think>"):
         return 0.0
-    inner, after = t[len("<think>"):].split("</think>", 1)
+    inner, after = t[len("<think>") :].split("</think>", 1)
     return float(bool(inner.strip()) and bool(after.strip()))
 
 
@@ -65,7 +66,7 @@ def repetition(text: str, n: int = 3) -> float:
     if len(words) < n + 1:
         chars = list(text.replace(" ", ""))  # zh text has no spaces: use characters
         words = chars if len(chars) > len(words) else words
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if not grams:
         return 0.0
     return -(1.0 - len(set(grams)) / len(grams))
@@ -78,8 +79,14 @@ def has_number(text: str) -> float:
 DEFAULT_WEIGHTS = {"answer": 1.0}
 
 
-def score(text: str, item: dict[str, Any], n_tokens: int, weights: dict[str, float] | None = None,
-          min_tokens: int = 1, max_tokens: int = 64) -> tuple[float, dict[str, float]]:
+def score(
+    text: str,
+    item: dict[str, Any],
+    n_tokens: int,
+    weights: dict[str, float] | None = None,
+    min_tokens: int = 1,
+    max_tokens: int = 64,
+) -> tuple[float, dict[str, float]]:
     """(weighted total, every component that has a weight); `item["gt"]` is the ground truth."""
     weights = DEFAULT_WEIGHTS if weights is None else weights
     fns = {
@@ -91,7 +98,9 @@ def score(text: str, item: dict[str, Any], n_tokens: int, weights: dict[str, flo
     }
     unknown = set(weights) - set(fns) - {"model"}
     if unknown:
-        raise SystemExit(f"unknown reward component(s) {', '.join(sorted(unknown))}; choose from "
-                         f"{', '.join(fns)} (and model, with objective_args.reward_model)")
+        raise SystemExit(
+            f"unknown reward component(s) {', '.join(sorted(unknown))}; choose from "
+            f"{', '.join(fns)} (and model, with objective_args.reward_model)"
+        )
     parts = {k: fns[k]() for k in weights if k in fns}
     return sum(weights[k] * v for k, v in parts.items()), parts

@@ -12,6 +12,7 @@ SGLang, llama.cpp's server) through /v1/completions with token-id prompts, and c
 hook after each optimizer step so the server samples from the current policy. Either way the
 trainer recomputes log-probabilities itself, so the backend only has to return tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,16 @@ class OpenAIBackend:
     `client` is any httpx.Client-like object (tests pass a TestClient of sprout serve's app).
     """
 
-    def __init__(self, base_url: str, model_name: str, tokenizer: Any, stop_id: int = 2,
-                 on_sync: Callable[[SproutForCausalLM], None] | None = None, client: Any = None, timeout: float = 300):
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        tokenizer: Any,
+        stop_id: int = 2,
+        on_sync: Callable[[SproutForCausalLM], None] | None = None,
+        client: Any = None,
+        timeout: float = 300,
+    ):
         import httpx
 
         self.model_name, self.tokenizer, self.stop_id, self.on_sync = model_name, tokenizer, stop_id, on_sync
@@ -84,8 +93,13 @@ class OpenAIBackend:
     def complete(self, prompts: list[list[int]], sc: SamplingConfig) -> list[list[int]]:
         out = []
         for p in prompts:  # one request per prompt; a batching server runs them concurrently when threaded
-            body = {"model": self.model_name, "prompt": p, "max_tokens": sc.max_new_tokens,
-                    "temperature": sc.temperature, "top_p": sc.top_p}
+            body = {
+                "model": self.model_name,
+                "prompt": p,
+                "max_tokens": sc.max_new_tokens,
+                "temperature": sc.temperature,
+                "top_p": sc.top_p,
+            }
             r = self.client.post("/v1/completions", json=body)
             if r.status_code != 200:
                 raise RuntimeError(f"rollout server answered {r.status_code}: {r.text[:300]}")
@@ -130,16 +144,17 @@ def pack(trajs: list[Trajectory], pad_id: int, device: torch.device | str = "cpu
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     own = torch.zeros((len(seqs), T), dtype=torch.bool)
     for r, (traj, s) in enumerate(zip(trajs, seqs)):
-        ids[r, :len(s)] = torch.tensor(s)
+        ids[r, : len(s)] = torch.tensor(s)
         pos = len(traj.prompt)
         for toks, mine in traj.pieces:
-            own[r, pos:pos + len(toks)] = mine
+            own[r, pos : pos + len(toks)] = mine
             pos += len(toks)
     return {"input_ids": ids.to(device), "loss_mask": own[:, 1:].float().to(device)}
 
 
-def token_logps(model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+def token_logps(
+    model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p(input_ids[:, t+1] | prefix) for every t: [N, T-1], under the sampling temperature.
 
     With `mask` ([N, T-1]) the vocabulary projection runs only where mask > 0 (elsewhere the result
@@ -158,8 +173,9 @@ def token_logps(model: nn.Module, input_ids: torch.Tensor, temperature: float = 
     return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
-def selected_logps(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, sel: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+def selected_logps(
+    head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, temperature: float
+) -> torch.Tensor:
     logits = head(hidden[sel]).float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -183,8 +199,14 @@ def tool_turn_text(results: list[str], thinking: bool = False) -> str:
     return "\n<|im_start|>user" + body + "<|im_end|>\n<|im_start|>assistant\n" + ("" if thinking else EMPTY_THINK)
 
 
-def agent_rollouts(backend: RolloutBackend, tokenizer: Any, prompts: list[list[int]], sc: SamplingConfig,
-                   max_tool_rounds: int = 1, run_tool: Callable[[str, Any], str] | None = None) -> list[Trajectory]:
+def agent_rollouts(
+    backend: RolloutBackend,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    sc: SamplingConfig,
+    max_tool_rounds: int = 1,
+    run_tool: Callable[[str, Any], str] | None = None,
+) -> list[Trajectory]:
     """Multi-turn rollouts: each reply's <tool_call> blocks are executed with the real tools, their
     results appended (not trained on), and the policy replies again, up to `max_tool_rounds` rounds
     (as `sprout chat` does). Rows advance together; finished rows drop out of later rounds."""

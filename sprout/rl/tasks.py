@@ -14,6 +14,7 @@ Built-in tasks (zh + en, exact answers computed here, never by the model):
 Files: rlaif (`conversations`, a trailing assistant turn is dropped; `gt` optional) and agent_rl
 (the same plus `gt`, tools on the system message, as MiniMind writes them).
 """
+
 from __future__ import annotations
 
 import random
@@ -39,10 +40,18 @@ def _add_item(rng: random.Random) -> dict[str, Any]:
     if op == "-" and b > a:
         a, b = b, a
     lang = rng.choice(("en", "zh"))
-    q = rng.choice([f"What is {a} {op} {b}?", f"Calculate {a} {op} {b}."]) if lang == "en" else \
-        rng.choice([f"{a} {op} {b} 等于多少？", f"计算 {a} {op} {b}。"])
-    return {"messages": [{"role": "user", "content": q}], "tools": None,
-            "gt": [str(a + b if op == "+" else a - b)], "kind": "add", "lang": lang}
+    q = (
+        rng.choice([f"What is {a} {op} {b}?", f"Calculate {a} {op} {b}."])
+        if lang == "en"
+        else rng.choice([f"{a} {op} {b} 等于多少？", f"计算 {a} {op} {b}。"])
+    )
+    return {
+        "messages": [{"role": "user", "content": q}],
+        "tools": None,
+        "gt": [str(a + b if op == "+" else a - b)],
+        "kind": "add",
+        "lang": lang,
+    }
 
 
 def _heldout_keys(kind: str) -> set[str]:
@@ -77,8 +86,9 @@ def builtin_items(kind: str, n: int, seed: int = 0, tools: str = "all", heldout:
         if tools == "all":
             specs = tool_specs()
             rng.shuffle(specs)
-        out.append({"messages": [{"role": "user", "content": t["question"]}], "tools": specs,
-                    "gt": [_truth(t)], "kind": kind})
+        out.append(
+            {"messages": [{"role": "user", "content": t["question"]}], "tools": specs, "gt": [_truth(t)], "kind": kind}
+        )
     return out
 
 
@@ -92,8 +102,7 @@ def file_items(path: str, kind: str = "rlaif", skip_invalid: bool = False, limit
         messages, tools = normalize_record(rec)
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]  # rlaif: the stored reply ("无") is a placeholder
-        out.append({"messages": messages, "tools": tools, "gt": [str(g) for g in rec.get("gt", [])],
-                    "kind": kind})
+        out.append({"messages": messages, "tools": tools, "gt": [str(g) for g in rec.get("gt", [])], "kind": kind})
         if limit and len(out) >= limit:
             break
     if not out:

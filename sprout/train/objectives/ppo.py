@@ -16,6 +16,7 @@ empty are not used. Tool outputs (agentic rollouts) are skipped by GAE like padd
 objective_args: ppo_epochs (2), minibatches (2), gamma (1.0), lam (0.95), epsilon (0.2),
 value_clip (0.2), vf_coef (0.1), target_kl (0.1), plus rl.py's.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,8 +40,9 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p of each next token [N, T-1], value of each prefix [N, T-1]), computed where mask > 0."""
         x, _ = self.policy.trunk(input_ids[:, :-1])
         h = self.policy.model.norm(x)
@@ -57,8 +59,9 @@ def actor_critic(model: nn.Module) -> ActorCritic:
     return model
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns [N, T]; positions with mask 0 (prompt, tool output, padding) are skipped,
     so a policy token's next value is that of the next *policy* token."""
     N, T = rewards.shape
@@ -75,16 +78,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def ppo_losses(logps: torch.Tensor, old_logps: torch.Tensor, values: torch.Tensor, old_values: torch.Tensor,
-               advantages: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.2,
-               value_clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_losses(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float = 0.2,
+    value_clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(policy loss, value loss, metrics), token means over mask."""
     ratio = torch.exp(logps - old_logps)
     pg = -torch.min(ratio * advantages, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * advantages)
     v_clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
     vf = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
-    metrics = {"approx_kl": masked_mean(old_logps - logps, mask).detach(),
-               "clip_ratio": masked_mean(((ratio - 1).abs() > epsilon).float(), mask).detach()}
+    metrics = {
+        "approx_kl": masked_mean(old_logps - logps, mask).detach(),
+        "clip_ratio": masked_mean(((ratio - 1).abs() > epsilon).float(), mask).detach(),
+    }
     return masked_mean(pg, mask), masked_mean(vf, mask), metrics
 
 
@@ -141,42 +154,67 @@ class PPOObjective(RLObjective):
         adv = (adv - mu) / (std.sqrt() + 1e-8) * mask
         n = len(trajs)
         order = torch.cat([torch.randperm(n) for _ in range(self.epochs)])  # global RNG: restored on resume
-        self.buffer = {"input_ids": b["input_ids"], "mask": mask, "old_logps": old_logps, "old_values": old_values,
-                       "adv": adv, "ret": ret, "order": order, "pos": torch.tensor(0),
-                       "mb": torch.tensor(max(1, n // self.n_mb))}
+        self.buffer = {
+            "input_ids": b["input_ids"],
+            "mask": mask,
+            "old_logps": old_logps,
+            "old_values": old_values,
+            "adv": adv,
+            "ret": ret,
+            "order": order,
+            "pos": torch.tensor(0),
+            "mb": torch.tensor(max(1, n // self.n_mb)),
+        }
         self.reward_log = {k: float(v) for k, v in self.reward_metrics(rewards, comps, trajs).items()}
         if ref is not None:
             self.reward_log["kl"] = float(masked_mean(old_logps - ref, mask))
 
-    def train_loss(self, model: nn.Module, items: list[dict], prompts: list[list[int]]
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def train_loss(
+        self, model: nn.Module, items: list[dict], prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         if not self.buffer:
             self._fill(model, items, prompts)
         buf = self.buffer
         pos, mb = int(buf["pos"]), int(buf["mb"])
-        rows = buf["order"][pos:pos + mb].to(self.device)
+        rows = buf["order"][pos : pos + mb].to(self.device)
         ids = buf["input_ids"][rows]
         mask = buf["mask"][rows]
         logps, values = model(ids, mask, self.sampling.temperature)
-        pg, vf, m = ppo_losses(logps, buf["old_logps"][rows], values, buf["old_values"][rows], buf["adv"][rows],
-                               buf["ret"][rows], mask, float(self.args.get("epsilon", 0.2)),
-                               float(self.args.get("value_clip", 0.2)))
+        pg, vf, m = ppo_losses(
+            logps,
+            buf["old_logps"][rows],
+            values,
+            buf["old_values"][rows],
+            buf["adv"][rows],
+            buf["ret"][rows],
+            mask,
+            float(self.args.get("epsilon", 0.2)),
+            float(self.args.get("value_clip", 0.2)),
+        )
         loss = pg + float(self.args.get("vf_coef", 0.1)) * vf
         buf["pos"] = torch.tensor(pos + mb)
         early = float(m["approx_kl"]) > 1.5 * float(self.args.get("target_kl", 0.1))
         if early or pos + mb >= len(buf["order"]) or pos + 2 * mb > len(buf["order"]):
             self.buffer = {}  # rollout used up (or the policy moved too far from it): sample afresh next step
-        metrics: dict[str, Any] = {**m, "policy_loss": pg.detach(), "value_loss": vf.detach(),
-                                   "early_stop": float(early)}
+        metrics: dict[str, Any] = {
+            **m,
+            "policy_loss": pg.detach(),
+            "value_loss": vf.detach(),
+            "early_stop": float(early),
+        }
         metrics.update(self.reward_log)
         return loss, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": {k: v.cpu() for k, v in self.buffer.items()},
-                "reward_log": dict(self.reward_log)}
+        return {
+            **super().state_dict(),
+            "buffer": {k: v.cpu() for k, v in self.buffer.items()},
+            "reward_log": dict(self.reward_log),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.buffer = {k: v.to(self.device) if k not in ("order", "pos", "mb") else v
-                       for k, v in state.get("buffer", {}).items()}
+        self.buffer = {
+            k: v.to(self.device) if k not in ("order", "pos", "mb") else v for k, v in state.get("buffer", {}).items()
+        }
         self.reward_log = dict(state.get("reward_log", {}))

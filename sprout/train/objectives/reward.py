@@ -9,6 +9,7 @@ from the valid split). The output is a standard sequence-classification folder
 as objective_args.reward_model. Metric: accuracy = fraction of pairs with s(chosen) > s(rejected).
 objective_args: limit (train pairs), val_limit (400).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,8 +72,10 @@ class RewardObjective(Objective):
         s = model(batch["input_ids"], batch["attention_mask"])
         chosen, rejected = s.chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()
-        return loss, {"accuracy": (chosen > rejected).float().mean().detach(),
-                      "margin": (chosen - rejected).mean().detach()}
+        return loss, {
+            "accuracy": (chosen > rejected).float().mean().detach(),
+            "margin": (chosen - rejected).mean().detach(),
+        }
 
     def save(self, model: nn.Module, tokenizer: Any, out: Path) -> None:
         if not isinstance(model, RewardModel):

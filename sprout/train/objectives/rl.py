@@ -20,6 +20,7 @@ objective_args (all optional):
   sync_url (POSTed {"model_path": sync_dir} after writing).
   With data=FILE the prompts come from that rlaif (or agent_rl, when it has `gt`) file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,9 +82,12 @@ class RLObjective(Objective):
             raise SystemExit("rewards.model needs objective_args.reward_model=FOLDER")
         R.score("", {}, 0, self.weights)  # unknown component names fail now, not after the first rollout
         self.tool_rounds = int(a.get("max_tool_rounds", self.default_tool_rounds))
-        self.sampling = SamplingConfig(max_new_tokens=int(a.get("max_new_tokens", 64)),
-                                       temperature=float(a.get("temperature", 1.0)), top_k=int(a.get("top_k", 0)),
-                                       repetition_penalty=1.0)
+        self.sampling = SamplingConfig(
+            max_new_tokens=int(a.get("max_new_tokens", 64)),
+            temperature=float(a.get("temperature", 1.0)),
+            top_k=int(a.get("top_k", 0)),
+            repetition_penalty=1.0,
+        )
         self.items: list[dict] = []
         self.ref_model: nn.Module | None = None
         self.reward_scorer = None
@@ -107,8 +111,11 @@ class RLObjective(Objective):
         self.device = device
         policy = self.policy_of(model)
         if self.kl_coef > 0:
-            ref = load_model(self.args["ref_model"], device=device) if self.args.get("ref_model") \
+            ref = (
+                load_model(self.args["ref_model"], device=device)
+                if self.args.get("ref_model")
                 else copy.deepcopy(policy)
+            )
             self.ref_model = ref.eval().requires_grad_(False)  # no gradients, never updated
         if self.args.get("reward_model"):
             from ...rl.reward_model import RewardScorer
@@ -124,8 +131,13 @@ class RLObjective(Objective):
             if not self.args.get("server_url"):
                 raise SystemExit("backend=openai needs objective_args.server_url (e.g. http://127.0.0.1:8000)")
             sync = DiskSync(self.args["sync_dir"], self.args.get("sync_url")) if self.args.get("sync_dir") else None
-            return OpenAIBackend(self.args["server_url"], self.args.get("server_model", "sprout"), self.tokenizer,
-                                 stop_id=self.sampling.stop_token_ids[0], on_sync=sync)
+            return OpenAIBackend(
+                self.args["server_url"],
+                self.args.get("server_model", "sprout"),
+                self.tokenizer,
+                stop_id=self.sampling.stop_token_ids[0],
+                on_sync=sync,
+            )
         raise SystemExit(f"objective_args.backend must be local or openai, got {kind!r}")
 
     def on_optimizer_step(self, model: nn.Module) -> None:
@@ -149,8 +161,11 @@ class RLObjective(Objective):
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         n = int(a.get("val_prompts", 32)) if heldout else int(a.get("n_prompts", 2000))
         per = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
-        items = [it for k, m in zip(kinds, per) for it in
-                 builtin_items(k, m, seed=self.cfg.seed, tools=a.get("tools", "all"), heldout=heldout)]
+        items = [
+            it
+            for k, m in zip(kinds, per)
+            for it in builtin_items(k, m, seed=self.cfg.seed, tools=a.get("tools", "all"), heldout=heldout)
+        ]
         if len(kinds) > 1:  # interleave so every batch mixes the tasks
             import random
 
@@ -158,8 +173,12 @@ class RLObjective(Objective):
         return items
 
     def _encode(self, item: dict) -> list[int]:
-        text = self.tokenizer.apply_chat_template(item["messages"], tools=item["tools"], add_generation_prompt=True,
-                                                  enable_thinking=bool(self.args.get("thinking", False)))
+        text = self.tokenizer.apply_chat_template(
+            item["messages"],
+            tools=item["tools"],
+            add_generation_prompt=True,
+            enable_thinking=bool(self.args.get("thinking", False)),
+        )
         return self.tokenizer.encode(text)
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
@@ -212,22 +231,25 @@ class RLObjective(Objective):
         totals: list[float] = []
         parts: dict[str, list[float]] = {}
         for it, t in zip(items, trajs):
-            total, p = R.score(t.final_text, it, t.generated, self.weights, int(a.get("min_tokens", 1)),
-                               int(a.get("max_tokens", 64)))
+            total, p = R.score(
+                t.final_text, it, t.generated, self.weights, int(a.get("min_tokens", 1)), int(a.get("max_tokens", 64))
+            )
             totals.append(total)
             for k, v in p.items():
                 parts.setdefault(k, []).append(v)
         rewards = torch.tensor(totals)
         comps = {k: torch.tensor(v) for k, v in parts.items()}
         if self.reward_scorer is not None:
-            rm = self.reward_scorer.score([it["messages"] + [{"role": "assistant", "content": t.final_text}]
-                                           for it, t in zip(items, trajs)]).cpu()
+            rm = self.reward_scorer.score(
+                [it["messages"] + [{"role": "assistant", "content": t.final_text}] for it, t in zip(items, trajs)]
+            ).cpu()
             comps["model"] = rm
             rewards = rewards + self.weights["model"] * rm
         return rewards, comps
 
-    def reward_metrics(self, rewards: torch.Tensor, comps: dict[str, torch.Tensor], trajs: list[Trajectory]
-                       ) -> dict[str, Any]:
+    def reward_metrics(
+        self, rewards: torch.Tensor, comps: dict[str, torch.Tensor], trajs: list[Trajectory]
+    ) -> dict[str, Any]:
         m: dict[str, Any] = {"reward": rewards.mean(), "reward_std": rewards.std() if len(rewards) > 1 else 0.0}
         m.update({f"reward_{k}": v.mean() for k, v in comps.items()})
         m["gen_tokens"] = sum(t.generated for t in trajs) / len(trajs)
@@ -244,8 +266,9 @@ class RLObjective(Objective):
             return -rewards.mean(), self.reward_metrics(rewards, comps, trajs)
         return self.train_loss(model, items, batch["prompts"])
 
-    def train_loss(self, model: nn.Module, items: list[dict], prompts: list[list[int]]
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def train_loss(
+        self, model: nn.Module, items: list[dict], prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Sample `samples_per_prompt` replies per prompt, score them, and return the policy loss."""
         k = self.samples_per_prompt
         items = [it for it in items for _ in range(k)]
@@ -256,8 +279,9 @@ class RLObjective(Objective):
         metrics.update(self.reward_metrics(rewards, comps, trajs))
         return loss, metrics
 
-    def policy_loss(self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def policy_loss(
+        self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
     def _maybe_dump(self, trajs: list[Trajectory], rewards: torch.Tensor) -> None:
@@ -284,5 +308,3 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased, low variance)."""
     d = ref_logps - logps
     return torch.exp(d) - d - 1
-
-
