@@ -27,7 +27,7 @@ Parameter names follow transformers' on-disk layout (`mlp.gate.weight`, `mlp.exp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -317,6 +317,34 @@ class MoEConfig(ModelConfig):
         return total
 
 
+class QwenMoEFields(Protocol):
+    """The config fields a Qwen MoE layer reads (MoEConfig and Qwen3NextConfig both have them)."""
+
+    hidden_size: int
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    norm_topk_prob: bool
+    router_aux_loss_coef: float
+    shared_expert_intermediate_size: int
+
+
+def qwen_moe_block(cfg: QwenMoEFields) -> MoEBlock:
+    """The Qwen MoE feed-forward (softmax router, optional sigmoid-gated shared expert) from a config's fields;
+    shared by qwen3_moe / qwen2_moe and Qwen3-Next's sparse layers."""
+    return MoEBlock(
+        cfg.hidden_size,
+        cfg.num_experts,
+        cfg.num_experts_per_tok,
+        cfg.moe_intermediate_size,
+        score="softmax",
+        norm_topk=cfg.norm_topk_prob,
+        aux_loss_coef=cfg.router_aux_loss_coef,
+        shared_intermediate=cfg.shared_expert_intermediate_size,
+        shared_gated=True,
+    )
+
+
 class MoEForCausalLM(SproutForCausalLM):
     """The dense decoder with MoE feed-forward layers (layout `qwen3_moe` or `qwen2_moe`)."""
 
@@ -328,15 +356,5 @@ class MoEForCausalLM(SproutForCausalLM):
         assert isinstance(cfg, MoEConfig)  # the family's own config, as __init__ receives it
         ffn = None
         if cfg.is_sparse(layer_idx):
-            ffn = MoEBlock(
-                cfg.hidden_size,
-                cfg.num_experts,
-                cfg.num_experts_per_tok,
-                cfg.moe_intermediate_size,
-                score="softmax",
-                norm_topk=cfg.norm_topk_prob,
-                aux_loss_coef=cfg.router_aux_loss_coef,
-                shared_intermediate=cfg.shared_expert_intermediate_size,
-                shared_gated=True,
-            )
+            ffn = qwen_moe_block(cfg)
         return DecoderLayer(cfg, layer_idx, ffn=ffn, norm=self.norm_cls)

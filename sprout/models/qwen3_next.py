@@ -28,7 +28,7 @@ from .cache import KVCache
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import DecoderLayer, SproutForCausalLM, ffn_residual
 from .layers import RoutingStats, rotate_half
-from .moe import MoEBlock
+from .moe import qwen_moe_block
 
 
 class ZeroCenteredRMSNorm(nn.Module):
@@ -393,17 +393,7 @@ class Qwen3NextForCausalLM(SproutForCausalLM):
 
         assert isinstance(cfg, Qwen3NextConfig)  # the family's own config, as __init__ receives it
         if i not in cfg.mlp_only_layers and cfg.num_experts > 0 and (i + 1) % cfg.decoder_sparse_step == 0:
-            ffn: nn.Module = MoEBlock(
-                cfg.hidden_size,
-                cfg.num_experts,
-                cfg.num_experts_per_tok,
-                cfg.moe_intermediate_size,
-                score="softmax",
-                norm_topk=cfg.norm_topk_prob,
-                aux_loss_coef=cfg.router_aux_loss_coef,
-                shared_intermediate=cfg.shared_expert_intermediate_size,
-                shared_gated=True,
-            )
+            ffn: nn.Module = qwen_moe_block(cfg)
         else:
             ffn = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         return HybridLayer(cfg, i, ffn)
