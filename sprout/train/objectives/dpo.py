@@ -134,6 +134,22 @@ def tokenize_pairs(records, tokenizer, seq_len: int) -> dict[str, Any]:
     return out
 
 
+def read_pairs(source: str, tokenizer: Any, seq_len: int, limit: int | None, skip_invalid: bool) -> dict[str, Any]:
+    """Read up to `limit` preference records from `source` and tokenize them (`tokenize_pairs`); none usable is
+    an error. Shared by DPO and the reward model."""
+    from ...data.readers import read_records
+
+    records = []
+    for rec in read_records(source, "dpo", skip_invalid=skip_invalid):
+        records.append(rec)
+        if limit and len(records) >= limit:
+            break
+    data = tokenize_pairs(records, tokenizer, seq_len)
+    if not data["chosen"]:
+        raise SystemExit(f"{source}: no usable preference pairs")
+    return data
+
+
 def pad_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """[chosen rows; rejected rows] right-padded to the longest: input_ids, labels, attention_mask."""
     seqs = [it["chosen"] for it in items] + [it["rejected"] for it in items]
@@ -202,7 +218,6 @@ class DPOObjective(Objective):
 
     # ---- data --------------------------------------------------------------------------
     def _load_split(self, source: str, tokenizer: Any, split: str, limit: int | None) -> PairDataset:
-        from ...data.readers import read_records
         from ...data.tokenized import tokenizer_fingerprint
 
         p = Path(source)
@@ -221,14 +236,7 @@ class DPOObjective(Objective):
         cache = Path(self.cfg.out) / "tokenized" / "dpo" / f"{split}-{key}.pt"
         if cache.exists():  # tokens and reference log-probs, computed once
             return PairDataset(torch.load(cache, weights_only=True))
-        records = []
-        for rec in read_records(source, "dpo", skip_invalid=self.cfg.skip_invalid):
-            records.append(rec)
-            if limit and len(records) >= limit:
-                break
-        data = tokenize_pairs(records, tokenizer, self.cfg.seq_len)
-        if not data["chosen"]:
-            raise SystemExit(f"{source}: no usable preference pairs")
+        data = read_pairs(source, tokenizer, self.cfg.seq_len, limit, self.cfg.skip_invalid)
         if self.reference == "precompute":
             self._precompute(data)
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from ...rl.reward_model import RewardModel
 from . import register
 from .base import Objective
-from .dpo import PairDataset, pad_pairs, tokenize_pairs
+from .dpo import PairDataset, pad_pairs, read_pairs
 
 
 @register
@@ -40,17 +40,7 @@ class RewardObjective(Objective):
         return RewardModel(self.build_lm(tokenizer))
 
     def _pairs(self, source: str, tokenizer: Any, limit: int | None) -> PairDataset:
-        from ...data.readers import read_records
-
-        records = []
-        for rec in read_records(source, "dpo", skip_invalid=self.cfg.skip_invalid):
-            records.append(rec)
-            if limit and len(records) >= limit:
-                break
-        data = tokenize_pairs(records, tokenizer, self.cfg.seq_len)
-        if not data["chosen"]:
-            raise SystemExit(f"{source}: no usable preference pairs")
-        return PairDataset(data)
+        return PairDataset(read_pairs(source, tokenizer, self.cfg.seq_len, limit, self.cfg.skip_invalid))
 
     def datasets(self, tokenizer: Any) -> tuple[Dataset, Dataset | None]:
         limit = self.args.get("limit")
