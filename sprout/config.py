@@ -66,7 +66,9 @@ class TrainConfig:
     ce_chunk: int = 0  # >0: LM head + cross-entropy this many positions at a time (no full logits); 0 = plain
     grad_checkpoint: bool = False  # recompute each decoder layer in backward instead of keeping its activations
     num_threads: int | None = None
-    distributed: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2, sharded; docs/training.md)
+    # under torchrun: ddp (replicated weights) | fsdp (FSDP2, sharded) | deepspeed (ZeRO, docs/training.md)
+    distributed: str = "ddp"
+    zero_stage: int = 2  # distributed=deepspeed: 2 shards gradients + optimizer state, 3 also the weights
     seed: int = 42
     resume: bool = False
     # data handling

@@ -6,14 +6,17 @@ process averages the whole batch at once, so weights agree to ~1e-6, not bit for
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 HERE = Path(__file__).resolve().parent
 GLOBAL = 8  # examples per micro-batch over all processes (grad_accum=2 on top)
@@ -82,3 +85,35 @@ def test_fsdp2_gives_the_losses_and_weights_of_one_process_and_resumes(tmp_path:
     assert name in state and "exp_avg_sq" in state[name]
     _launch(run, 2, distributed="fsdp", resume=True)
     _assert_same_run(tmp_path / "one", run)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    _launch(out, 1)
+    return out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install 'sprout[deepspeed]')"
+)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_gives_the_losses_and_weights_of_one_process_and_resumes(
+    tmp_path: Path, one_process: Path, stage: int
+) -> None:
+    """DeepSpeed's engine (our AdamW groups, its ZeRO partitions, clipping and step) on 2 gloo processes, stopped
+    at step 5 and resumed from its sharded checkpoint, ends where one process without DeepSpeed does; the final
+    folder (weights consolidated from the shards) loads in stock transformers."""
+    run = tmp_path / f"zero{stage}"
+    options = {"distributed": "deepspeed", "zero_stage": stage}
+    _launch(run, 2, stop_at=5, save_every=100, **options)  # Ctrl-C: DeepSpeed's shards checkpointed
+    assert max(_records(run, "loss")) < 12
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    # every rank wrote its partition of the optimizer state; optimizer.pt is only a marker
+    assert len(list((ckpt / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2
+    assert torch.load(ckpt / "optimizer.pt", weights_only=True) == {"deepspeed": {"zero_stage": stage, "world": 2}}
+    _launch(run, 2, resume=True, **options)
+    _assert_same_run(one_process, run)
+    hf = AutoModelForCausalLM.from_pretrained(run)
+    saved = load_file(str(run / "model.safetensors"))
+    torch.testing.assert_close(hf.lm_head.weight, saved["model.embed_tokens.weight"])  # tied, as saved

@@ -4,6 +4,7 @@
         model.safetensors   weights (safetensors: loading runs no code)
         optimizer.pt        AdamW state (tensors + plain containers)
         trainer_state.pt    step, tokens, elapsed time, sampler cursor, scaler, RNG states, cfg
+        deepspeed/          distributed=deepspeed only: DeepSpeed's per-rank ZeRO partitions
     out/checkpoints/latest  text file naming the newest complete checkpoint directory
     out/checkpoints/best    text file: the checkpoint with the lowest validation loss, and that loss
 
@@ -110,20 +111,33 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _write_dir(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _write_dir(
+    tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], staged: dict[str, Path]
+) -> None:
     tmp.mkdir()
     save_safetensors_model(model, str(tmp / MODEL_FILE))  # de-duplicates tied weights
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     torch.save(state, tmp / STATE_FILE)
+    for name, folder in staged.items():
+        os.replace(folder, tmp / name)
+        for f in (tmp / name).rglob("*"):
+            _fsync_path(f)
     for f in tmp.iterdir():
         _fsync_path(f)
     _fsync_path(tmp)
 
 
 def save_checkpoint(
-    root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int = 2,
+    staged: dict[str, Path] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep` plus the best.
+    `staged` folders (name -> folder already written, e.g. DeepSpeed's shards) move into it before it is renamed.
 
     An OSError (disk full, permission denied) leaves every existing checkpoint as it was and is
     raised as a UserError that names the last good checkpoint.
@@ -134,12 +148,16 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         if not final.exists():  # the same step saved twice (save_every hit at the end) is the same state
             shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crash during an earlier save
-            _write_dir(tmp, model, optimizer, state)
+            _write_dir(tmp, model, optimizer, state, staged or {})
             os.replace(tmp, final)
             _fsync_path(root)
+        for folder in (staged or {}).values():
+            shutil.rmtree(folder, ignore_errors=True)  # not moved: this step was on disk already
         _write_text_atomic(root / LATEST, final.name + "\n")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (staged or {}).values():
+            shutil.rmtree(folder, ignore_errors=True)
         good = latest_checkpoint(root)
         raise UserError(
             f"could not write checkpoint {final.name}: {describe(e) or e}",
@@ -200,8 +218,19 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"checkpoint {path} does not fit this model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); was it written with a different preset or stage?"
         )
-    optimizer.load_state_dict(_load_plain(path / OPTIMIZER_FILE, device))
+    osd = _load_plain(path / OPTIMIZER_FILE, device)
+    refuse_deepspeed(path, osd)
+    optimizer.load_state_dict(osd)
     return _load_plain(path / STATE_FILE, "cpu")
+
+
+def refuse_deepspeed(path: Path, optimizer_state: dict[str, Any]) -> None:
+    """A distributed=deepspeed checkpoint keeps its optimizer state in DeepSpeed's shards, not optimizer.pt."""
+    if "deepspeed" in optimizer_state:
+        raise SystemExit(
+            f"checkpoint {path} was written with distributed=deepspeed; resume it the same way "
+            f"(or start a new run from its weights with --model)"
+        )
 
 
 def saved_config(path: Path) -> dict[str, Any]:

@@ -47,13 +47,15 @@ from .checkpoint import (
     save_checkpoint,
     saved_config,
     set_rng_state,
+    step_dir_name,
 )
+from .deepspeed_zero import FOLDER, DeepSpeedZero, check_deepspeed
 from .device import configure_backend, select_device, select_precision
 from .guards import StepGuard, fit_batch_size, oom_advice
 from .logging import MetricsLog, ProgressDisplay, check_trackers, format_duration
 from .objectives import Objective, build_objective, move_batch
 from .optim import build_optimizer, make_schedule
-from .sharding import FSDPSharding, full_tensor
+from .sharding import FSDPSharding, SavedOptimizer, full_tensor
 
 
 # ---- data order ---------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class Run:
     objective: Objective
     tokenizer: Any
     model: nn.Module
-    loss_module: nn.Module  # objective.loss behind forward(), DDP-wrapped when distributed
+    loss_module: nn.Module  # objective.loss behind forward(), DDP-wrapped (or DeepSpeed's engine) when distributed
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
     scaler: Any
@@ -336,10 +338,16 @@ class Run:
     display: ProgressDisplay
     guard: StepGuard  # skips and counts non-finite steps, stops the run when they keep coming
     sharding: FSDPSharding | None = None  # distributed=fsdp under torchrun
+    zero: DeepSpeedZero | None = None  # distributed=deepspeed under torchrun
 
     @property
     def ckpt_root(self) -> Path:
         return self.out / "checkpoints"
+
+    @property
+    def every_rank_forwards(self) -> bool:
+        """FSDP and ZeRO-3 gather weight shards from all ranks in a forward pass: evaluation runs on every rank."""
+        return self.sharding is not None or (self.zero is not None and self.zero.forward_needs_every_rank)
 
 
 @dataclass
@@ -423,7 +431,11 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         cfg.optimizer,
         cfg.muon_lr,
     )
-    scaler = precision.make_scaler()
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # DeepSpeed swaps in flat partitions
+    zero = _deepspeed(cfg, dinfo, model, objective, optimizer, device, precision.name)
+    if zero is not None:
+        optimizer = cast(torch.optim.Optimizer, zero.optimizer)  # the same param groups, stepped by DeepSpeed
+    scaler = precision.make_scaler() if zero is None else None  # DeepSpeed scales fp16 losses itself
     budget = Budget.from_config(cfg)
     nominal_step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dinfo.world
     est_total_steps = _estimate_total_steps(budget, nominal_step_tokens, sampler.batches_per_epoch, cfg.grad_accum)
@@ -432,13 +444,13 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
     st = RunState()
     saved_rng = None
     if resume_from is not None:
-        saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective, sharding)
+        saved_rng = _restore(resume_from, st, model, optimizer, scaler, objective, sharding, zero)
         _map_cursor_onto_world(st, sampler, st.saved_global_batch, dinfo)
 
     if cfg.compile and device.type == "cuda":
         # Compile the forward only: state-dict names stay clean and model.loss() uses the compiled graph.
         model.forward = torch.compile(model.forward)
-    loss_module = _loss_module(model, objective, dinfo, device, sharding)
+    loss_module = zero.engine if zero is not None else _loss_module(model, objective, dinfo, device, sharding)
     batches = _batches(cfg, train_ds, sampler, st.cursor, objective, device)
     if saved_rng is not None:
         set_rng_state(saved_rng)  # last, so nothing above perturbs the restored streams
@@ -454,7 +466,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         model=model,
         loss_module=loss_module,
         optimizer=optimizer,
-        params=[p for g in optimizer.param_groups for p in g["params"]],
+        params=params,
         scaler=scaler,
         train_ds=train_ds,
         val_ds=val_ds,
@@ -469,6 +481,7 @@ def setup(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> tuple[Run, RunState]:
         display=ProgressDisplay(dinfo.main, cfg.log_every),
         guard=StepGuard(cfg.max_bad_steps, out / "checkpoints"),
         sharding=sharding,
+        zero=zero,
     )
     return run, st
 
@@ -589,10 +602,16 @@ def _restore(
     scaler: Any,
     objective: Objective,
     sharding: FSDPSharding | None = None,
+    zero: DeepSpeedZero | None = None,
 ) -> dict[str, Any]:
     """Load weights, optimizer, scaler and objective state into place and the counters into `st`; return the
     saved RNG streams (applied last by `setup`)."""
-    saved = sharding.load(path, model, optimizer) if sharding is not None else load_checkpoint(path, model, optimizer)
+    if zero is not None:
+        saved = zero.load(path)
+    elif sharding is not None:
+        saved = sharding.load(path, model, optimizer)
+    else:
+        saved = load_checkpoint(path, model, optimizer)
     st.step, st.tokens, st.elapsed_before = int(saved["step"]), int(saved["tokens"]), float(saved["elapsed_s"])
     st.cursor = (int(saved["cursor"][0]), int(saved["cursor"][1]))
     if "world" in saved:
@@ -618,10 +637,10 @@ def _map_cursor_onto_world(st: RunState, sampler: ResumableSampler, saved_global
 
 
 def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding | None:
-    """distributed=fsdp under torchrun: shard the model with FSDP2 (sprout/train/sharding.py); ddp: None."""
-    if cfg.distributed not in ("ddp", "fsdp"):
-        raise SystemExit(f"distributed must be ddp or fsdp; got {cfg.distributed!r}")
-    if cfg.distributed == "ddp" or not dinfo.enabled:
+    """distributed=fsdp under torchrun: shard the model with FSDP2 (sprout/train/sharding.py); else None."""
+    if cfg.distributed not in ("ddp", "fsdp", "deepspeed"):
+        raise SystemExit(f"distributed must be ddp, fsdp or deepspeed; got {cfg.distributed!r}")
+    if cfg.distributed != "fsdp" or not dinfo.enabled:
         return None
     if cfg.ce_chunk:
         raise SystemExit(
@@ -633,6 +652,32 @@ def _shard(cfg: TrainConfig, dinfo: DistInfo, model: nn.Module) -> FSDPSharding 
     from .sharding import FSDPSharding
 
     return FSDPSharding(model, dinfo.main)
+
+
+def _deepspeed(
+    cfg: TrainConfig,
+    dinfo: DistInfo,
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    dtype: str,
+) -> DeepSpeedZero | None:
+    """distributed=deepspeed under torchrun: DeepSpeed's engine with ZeRO-2/3 around the loss module and our
+    optimizer (sprout/train/deepspeed_zero.py); else None."""
+    if cfg.distributed != "deepspeed" or not dinfo.enabled:
+        return None
+    if cfg.zero_stage not in (2, 3):
+        raise SystemExit(f"zero_stage must be 2 or 3; got {cfg.zero_stage!r}")
+    if cfg.optimizer == "muon":
+        raise SystemExit("Muon orthogonalises whole matrices; ZeRO partitions them. Use distributed=ddp.")
+    if cfg.ce_chunk and cfg.zero_stage == 3:
+        raise SystemExit(
+            "ce_chunk reads the LM head outside the model's forward, where ZeRO-3 has not gathered it; "
+            "use ce_chunk=0 or zero_stage=2"
+        )
+    check_deepspeed(device)
+    return DeepSpeedZero(cfg, _ObjectiveModule(model, objective), optimizer, dtype)
 
 
 def _loss_module(
@@ -650,9 +695,13 @@ def _loss_module(
     return module
 
 
+def _numel(p: nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves an empty tensor and records the full size
+
+
 def announce(run: Run, st: RunState) -> None:
-    n_params = sum(p.numel() for p in run.model.parameters())
-    n_train = sum(p.numel() for p in run.params)
+    n_params = sum(_numel(p) for p in run.model.parameters())
+    n_train = sum(_numel(p) for p in run.params)
     if run.resumed_from is not None:
         run.display.print(f"resumed from {run.resumed_from} at step {st.step}")
     n_val = _len(run.val_ds) if run.val_ds is not None else 0
@@ -699,6 +748,8 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     loss_sum, step_tokens, metrics = accumulate_gradients(run, st)
     nonfinite, tokens, loss = agree_across_ranks(run, st, loss_sum, step_tokens, stop)
     st.tokens += tokens
+    if run.zero is not None:
+        return _zero_step(run, st, nonfinite, StepResult(loss / run.cfg.grad_accum, torch.zeros(()), metrics, tokens))
     grad_norm = None if nonfinite else clip_gradients(run)
     # fp16's scaler skips inf gradients itself (and lowers its scale); elsewhere the guard does. Gradients
     # are all-reduced, so every rank sees the same norm and takes the same decision.
@@ -713,6 +764,23 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     run.objective.on_optimizer_step(run.model)
     st.step += 1
     return StepResult(loss / run.cfg.grad_accum, grad_norm, metrics, tokens)
+
+
+def _zero_step(run: Run, st: RunState, nonfinite: bool, result: StepResult) -> StepResult | None:
+    """DeepSpeed clips and steps inside its engine, and skips a step whose gradient norm is not finite itself (a
+    non-finite loss makes one); the guard counts such steps from the norm it reports (fp16: DeepSpeed's loss
+    scaler skips overflowing steps, as torch's GradScaler does on the other paths)."""
+    zero = cast(DeepSpeedZero, run.zero)
+    result.grad_norm = zero.step()
+    measured = None if run.precision.name == "fp16" else float(result.grad_norm)
+    ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
+    if not ok:
+        if note:
+            run.display.print(note)
+        return None
+    run.objective.on_optimizer_step(run.model)
+    st.step += 1
+    return result
 
 
 def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dict[str, Any]]:
@@ -731,7 +799,10 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
             with run.precision.autocast():
                 loss, metrics = run.loss_module(batch)
             scaled = loss / cfg.grad_accum
-            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+            if run.zero is not None:
+                run.zero.backward(scaled)  # DeepSpeed's backward reduces the partitioned gradients
+            else:
+                (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         loss_sum += loss.detach().float()
         for name, v in metrics.items():
             step_metrics[name] = step_metrics.get(name, 0.0) + (
@@ -742,7 +813,10 @@ def accumulate_gradients(run: Run, st: RunState) -> tuple[torch.Tensor, int, dic
 
 def _gradient_sync(run: Run, last_micro: bool) -> contextlib.AbstractContextManager:
     """DDP all-reduces (FSDP reduce-scatters) gradients on every backward unless told not to: only the last
-    micro-step of grad_accum syncs."""
+    micro-step of grad_accum syncs (DeepSpeed: its accumulation boundary)."""
+    if run.zero is not None:
+        run.zero.set_boundary(last_micro)
+        return contextlib.nullcontext()
     if not run.dinfo.enabled or last_micro:
         if run.sharding is not None:
             run.sharding.set_gradient_sync(run.model, True)
@@ -826,9 +900,9 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
 
 
 def evaluate_and_log(run: Run, st: RunState) -> None:
-    """Validation loss on rank 0 (the other ranks only note that this step was evaluated; under FSDP every rank
-    runs the forward passes, which need all shards)."""
-    if (run.dinfo.main or run.sharding is not None) and run.val_ds is not None:
+    """Validation loss on rank 0 (the other ranks only note that this step was evaluated; under FSDP and ZeRO-3
+    every rank runs the forward passes, which need all shards)."""
+    if (run.dinfo.main or run.every_rank_forwards) and run.val_ds is not None:
         result = evaluate(run.model, run.objective, run.val_ds, run.cfg, run.precision, run.device)
         _log_eval(run.log, run.display, result, st.step, st.tokens, st.elapsed())
         if run.dinfo.main:  # only rank 0 writes files
@@ -837,9 +911,11 @@ def evaluate_and_log(run: Run, st: RunState) -> None:
 
 
 def checkpoint(run: Run, st: RunState) -> Path | None:
-    """Rank 0 writes everything `setup` needs to continue exactly; all ranks wait for it."""
+    """Rank 0 writes everything `setup` needs to continue exactly (DeepSpeed: every rank its shards first); all
+    ranks wait for it."""
     path = None
-    model, optimizer = _whole(run)
+    shards = run.zero.save_shards(run.ckpt_root, st.step) if run.zero is not None else None
+    model, optimizer = _whole(run, shards, st.step)
     if run.dinfo.main:
         state = {
             "step": st.step,
@@ -854,16 +930,23 @@ def checkpoint(run: Run, st: RunState) -> Path | None:
             "rng": rng_state(),
             "config": json.loads(json.dumps(dataclasses.asdict(run.cfg))),
         }
-        path = save_checkpoint(run.ckpt_root, st.step, model, optimizer, state, keep=run.cfg.keep_checkpoints)
+        staged = {FOLDER: shards} if shards is not None else None
+        path = save_checkpoint(
+            run.ckpt_root, st.step, model, optimizer, state, keep=run.cfg.keep_checkpoints, staged=staged
+        )
     if run.dinfo.enabled:
         dist.barrier()
     st.last_save_step = st.step
     return path
 
 
-def _whole(run: Run) -> tuple[Any, Any]:
-    """The model and optimizer as rank 0 saves them: themselves, or under FSDP the gathered full state (a
-    collective every rank joins)."""
+def _whole(run: Run, shards: Path | None = None, step: int = 0) -> tuple[Any, Any]:
+    """The model and optimizer as rank 0 saves them: themselves; under FSDP the gathered full state (a
+    collective every rank joins); under DeepSpeed the weights consolidated from the shards of `step` and a
+    marker in place of the optimizer state (it is in the shards)."""
+    if run.zero is not None:
+        marker = SavedOptimizer({"deepspeed": {"zero_stage": run.zero.stage, "world": run.dinfo.world}})
+        return run.zero.consolidated(cast(Path, shards), step), marker
     if run.sharding is None:
         return run.model, run.optimizer
     return run.sharding.gathered(run.model, run.optimizer)
@@ -883,9 +966,12 @@ def finish(run: Run, st: RunState) -> Path:
     """Budget reached: last checkpoint and evaluation (if not just done), then the objective saves the model."""
     if st.last_save_step != st.step:
         checkpoint(run, st)
-    if run.val_ds is not None and (run.dinfo.main or run.sharding is not None) and st.last_eval_step != st.step:
+    if run.val_ds is not None and (run.dinfo.main or run.every_rank_forwards) and st.last_eval_step != st.step:
         evaluate_and_log(run, st)
-    model, _ = _whole(run) if run.sharding is not None else (run.model, None)
+    if run.zero is not None:  # the weights of this step's checkpoint (consolidated when it was written)
+        model, _ = _whole(run, run.ckpt_root / step_dir_name(st.step) / FOLDER, st.step)
+    else:
+        model, _ = _whole(run) if run.sharding is not None else (run.model, None)
     if run.dinfo.main:
         run.objective.save(model, run.tokenizer, run.out)
         run.display.print(

@@ -30,13 +30,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
-from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
+from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, refuse_deepspeed
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # the full state, on rank 0 only
 _LOAD = StateDictOptions(full_state_dict=True)  # every rank passes the full state and keeps its shard
 
 
-class _SavedOptimizer:
+class SavedOptimizer:
     """Stands in for the optimizer when the checkpoint writer asks for `state_dict()`."""
 
     def __init__(self, state: dict[str, Any]):
@@ -61,14 +61,14 @@ class FSDPSharding:
 
     def gathered(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> tuple[nn.Module | None, _SavedOptimizer | None]:
+    ) -> tuple[nn.Module | None, SavedOptimizer | None]:
         """Collective: the whole model (an unsharded module) and optimizer state on rank 0; (None, None) elsewhere."""
         msd = get_model_state_dict(model, options=_GATHER)
         osd = get_optimizer_state_dict(model, optimizer, options=_GATHER)
         if self.full_copy is None:
             return None, None
         self.full_copy.load_state_dict(msd)
-        return self.full_copy, _SavedOptimizer(osd)
+        return self.full_copy, SavedOptimizer(osd)
 
     @staticmethod
     def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -89,6 +89,7 @@ class FSDPSharding:
                 weights.setdefault(n, weights[present])
         set_model_state_dict(model, cast(dict[str, Any], weights), options=_LOAD)
         osd = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        refuse_deepspeed(path, osd)
         if "param_groups" in osd and osd["state"] and isinstance(next(iter(osd["state"])), int):
             raise SystemExit(f"checkpoint {path} was written without distributed=fsdp; resume it the same way")
         set_optimizer_state_dict(model, optimizer, osd, options=_LOAD)
