@@ -412,17 +412,27 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 def _bench_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, auto, fast")
+    p.add_argument(
+        "--dtypes", "--dtype", dest="dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, auto, fast"
+    )
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
+    # the training options that change speed (TrainConfig fields, docs/training.md)
+    p.add_argument("--ce-chunk", type=int, default=0, help="LM head + loss this many positions at a time")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
+    p.add_argument("--grad-checkpoint", action="store_true", help="recompute each layer in backward")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
-    from .bench.train import bench_train, print_table
+    from .bench import train
 
-    print_table(bench_train(a.preset, a.dtypes.split(","), a.seq_len, a.batch_size, a.steps, a.device))
+    cfg = train.bench_config(
+        a.preset, a.seq_len, a.batch_size, a.device, a.ce_chunk, a.optimizer, a.grad_checkpoint, a.compile
+    )
+    train.print_table(train.bench_train(cfg, a.dtypes.split(","), a.steps))
 
 
 def _bench_infer_args(p: argparse.ArgumentParser) -> None:

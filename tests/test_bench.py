@@ -166,3 +166,42 @@ def test_bench_serve_drives_a_real_server_and_counts_the_same_tokens_as_in_proce
     assert ph["server_1"][0]["tokens"] == ph["inproc_1"][0]["tokens"] > 0
     assert ph["server_2"][0]["tokens"] == ph["inproc_2"][0]["tokens"] >= ph["server_1"][0]["tokens"]
     assert set(res["ratios"]) == {"server_2_vs_1", "server_1_vs_inproc_1", "server_2_vs_inproc_2"}
+
+
+def test_bench_train_flags_reach_the_train_config_the_step_and_the_row(capsys, monkeypatch):
+    from sprout.bench import train
+    from sprout.train.objectives import lm
+
+    monkeypatch.setattr(
+        "sprout.bench.train.peaks",
+        lambda dev: {"peak_fp32_flops": 1e11, "peak_bf16_flops": 4e11, "peak_source": "measured"},
+    )
+    configs, chunked = [], []
+    real_bench, real_ce = train.bench_train, lm.linear_cross_entropy
+    monkeypatch.setattr(train, "bench_train", lambda cfg, *a: configs.append(cfg) or real_bench(cfg, *a))
+    monkeypatch.setattr(lm, "linear_cross_entropy", lambda *a: chunked.append(a[-1]) or real_ce(*a))
+    flags = ["--ce-chunk", "8", "--optimizer", "muon", "--grad-checkpoint", "--compile", "--dtype", "fp32"]
+    main(
+        [
+            "bench",
+            "train",
+            "--preset",
+            "tiny",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            *flags,
+        ]
+    )
+    (cfg,) = configs
+    assert (cfg.ce_chunk, cfg.optimizer, cfg.grad_checkpoint, cfg.compile) == (8, "muon", True, True)
+    assert chunked == [8, 8]  # the objective's chunked loss ran in the warm-up step and the timed one
+    out = capsys.readouterr().out
+    (row,) = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert row["dtype"] == "fp32" and (row["ce_chunk"], row["optimizer"], row["grad_checkpoint"]) == (8, "muon", True)
+    assert "ce_chunk=8 optimizer=muon grad_checkpoint=True compile=True" in out
