@@ -8,6 +8,7 @@
             agree_across_ranks                   # one all-reduce: tokens, loss, non-finite loss, clock, Ctrl-C
             clip_gradients; guard.accept         # non-finite loss or gradient norm: skip, count (guards.py)
             step_optimizer + objective.on_optimizer_step(model)
+            (distributed=deepspeed: DeepSpeed's engine runs the backward, clipping and step; _zero_step)
         log_step; checkpoint, evaluate_and_log   # on their intervals; saved first, so an eval crash loses nothing
     finish: checkpoint, evaluate, objective.save(model, tokenizer, cfg.out)   (Ctrl-C: interrupted -> checkpoint)
 
@@ -665,10 +666,12 @@ def _deepspeed(
 ) -> DeepSpeedZero | None:
     """distributed=deepspeed under torchrun: DeepSpeed's engine with ZeRO-2/3 around the loss module and our
     optimizer (sprout/train/deepspeed_zero.py); else None."""
-    if cfg.distributed != "deepspeed" or not dinfo.enabled:
+    if cfg.distributed != "deepspeed":
         return None
     if cfg.zero_stage not in (2, 3):
         raise SystemExit(f"zero_stage must be 2 or 3; got {cfg.zero_stage!r}")
+    if not dinfo.enabled:
+        return None
     if cfg.optimizer == "muon":
         raise SystemExit("Muon orthogonalises whole matrices; ZeRO partitions them. Use distributed=ddp.")
     if cfg.ce_chunk and cfg.zero_stage == 3:
