@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 GLOBAL = 8  # examples per micro-batch over all processes (grad_accum=2 on top)
 
 
-def _launch(out: Path, nproc: int, **options) -> None:
+def _launch(out: Path, nproc: int, expect_ok: bool = True, **options) -> str:
+    """Run tests/ddp_probe.py on `nproc` processes; its output (it must exit 0 unless expect_ok=False)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     launcher = [sys.executable]
     if nproc > 1:
@@ -35,7 +36,8 @@ def _launch(out: Path, nproc: int, **options) -> None:
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (r.returncode == 0) == expect_ok, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
 
 
 def _records(out: Path, key: str) -> dict[int, float]:
@@ -112,6 +114,9 @@ def test_deepspeed_zero_gives_the_losses_and_weights_of_one_process_and_resumes(
     # every rank wrote its partition of the optimizer state; optimizer.pt is only a marker
     assert len(list((ckpt / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2
     assert torch.load(ckpt / "optimizer.pt", weights_only=True) == {"deepspeed": {"zero_stage": stage, "world": 2}}
+    # the partitions belong to 2 ranks: one process refuses them with advice
+    refused = _launch(run, 1, expect_ok=False, resume=True, **options)
+    assert f"checkpoint {ckpt} was written with distributed=deepspeed; resume it the same way" in refused
     _launch(run, 2, resume=True, **options)
     _assert_same_run(one_process, run)
     hf = AutoModelForCausalLM.from_pretrained(run)
