@@ -8,7 +8,7 @@ before its forward and backward.
 
 The optimizer is sprout's own AdamW (optim.py) handed to `deepspeed.initialize`: DeepSpeed keeps its parameter
 groups (the decay / no-decay split and each group's `lr_ratio`) and steps it on its flat fp32 partitions, and
-the engine's schedule writes each step's lr into those same group dicts. DeepSpeed's own optimizer from the
+sprout's schedule (engine.set_lr) writes each step's lr into those same group dicts. DeepSpeed's own optimizer from the
 config would re-split the groups and need its lr schedule expressed as a DeepSpeed scheduler.
 
 Checkpoints: DeepSpeed writes its sharded state (every rank its partition) into CHECKPOINT/deepspeed/, which
@@ -21,6 +21,7 @@ processes and the same zero_stage (DeepSpeed's partitions are per rank).
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -85,8 +86,8 @@ class DeepSpeedZero:
         """Clip to gradient_clipping and step (DeepSpeed skips a step whose norm is not finite); zero the
         gradients. Returns the gradient norm before clipping (inf for a skipped step)."""
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return torch.tensor(float("inf") if norm is None else float(norm))
+        norm = self.engine.get_global_grad_norm()  # None only when a config turns the norm off; this one does not
+        return torch.tensor(float(cast(float, norm)))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def save_shards(self, root: Path, step: int) -> Path:
@@ -141,7 +142,7 @@ def check_deepspeed(device: torch.device) -> None:
     DS_ACCELERATOR says otherwise (DeepSpeed would pick CUDA on a GPU machine even for device=cpu)."""
     os.environ.setdefault("DS_ACCELERATOR", device.type)
     try:
-        import deepspeed  # noqa: F401
+        importlib.import_module("deepspeed")
     except ImportError as e:
         raise SystemExit(
             f"distributed=deepspeed needs DeepSpeed ({e}); install it with pip install 'sprout[deepspeed]'"
