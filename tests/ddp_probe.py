@@ -3,7 +3,8 @@
 
 Each rank appends the checksum of its weights after every optimizer step to OUT/rank{RANK}.jsonl,
 so the test can check that the ranks took the same steps and kept identical weights.
-argv: OUT, a JSON dict of TrainConfig fields; its key "stop_at" interrupts the run like Ctrl-C after that step.
+argv: OUT, a JSON dict of TrainConfig fields; its key "stop_at" interrupts the run like Ctrl-C after that step,
+"nan_at" makes this process's training loss non-finite at that call (1 = the first micro-batch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from sprout.train.sharding import full_tensor  # noqa: E402
 @register
 class ProbeObjective(SyntheticObjective):
     name = "ddp-probe-test"
+    nan_at: int | None = None
+    training_calls = 0
+
+    def loss(self, model, batch):
+        loss, metrics = super().loss(model, batch)
+        if model.training:  # evaluation calls do not count (under FSDP / ZeRO-3 every rank evaluates)
+            self.training_calls += 1
+            if self.training_calls == self.nan_at:
+                loss = loss * float("nan")
+        return loss, metrics
 
     def on_optimizer_step(self, model) -> None:
         total = sum(float(full_tensor(p.detach()).double().abs().sum()) for p in model.parameters())
@@ -36,5 +47,6 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     options = json.loads(sys.argv[2])
     stop_at = options.pop("stop_at", None)
+    ProbeObjective.nan_at = options.pop("nan_at", None)
     options = {"eval_every": 3, "save_every": 3, **options}
     train(make_cfg(out, stage="ddp-probe-test", **options), on_step=ctrl_c_at(stop_at) if stop_at else None)

@@ -89,10 +89,13 @@ def test_fsdp2_gives_the_losses_and_weights_of_one_process_and_resumes(tmp_path:
     _assert_same_run(tmp_path / "one", run)
 
 
+NAN_AT = 7  # the first micro-batch of step 4 has a NaN loss: that step is skipped (and counted)
+
+
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_process_with_a_nan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
-    _launch(out, 1)
+    _launch(out, 1, nan_at=NAN_AT)
     return out
 
 
@@ -101,15 +104,17 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_gives_the_losses_and_weights_of_one_process_and_resumes(
-    tmp_path: Path, one_process: Path, stage: int
+    tmp_path: Path, one_process_with_a_nan: Path, stage: int
 ) -> None:
-    """DeepSpeed's engine (our AdamW groups, its ZeRO partitions, clipping and step) on 2 gloo processes, stopped
-    at step 5 and resumed from its sharded checkpoint, ends where one process without DeepSpeed does; the final
-    folder (weights consolidated from the shards) loads in stock transformers."""
+    """DeepSpeed's engine (our AdamW groups, its ZeRO partitions, clipping and step) on 2 gloo processes, with a
+    NaN loss that DeepSpeed must skip, stopped at step 5 and resumed from its sharded checkpoint, ends where one
+    process without DeepSpeed does; the final folder (weights consolidated from the shards) loads in stock
+    transformers."""
     run = tmp_path / f"zero{stage}"
     options = {"distributed": "deepspeed", "zero_stage": stage}
-    _launch(run, 2, stop_at=5, save_every=100, **options)  # Ctrl-C: DeepSpeed's shards checkpointed
+    _launch(run, 2, stop_at=5, save_every=100, nan_at=NAN_AT, **options)  # Ctrl-C: DeepSpeed's shards saved
     assert max(_records(run, "loss")) < 12
+    assert _records(run, "skipped_steps")[5] == _records(one_process_with_a_nan, "skipped_steps")[5] == 1
     ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     # every rank wrote its partition of the optimizer state; optimizer.pt is only a marker
     assert len(list((ckpt / "deepspeed" / "zero").glob("*optim_states.pt"))) == 2
@@ -118,7 +123,7 @@ def test_deepspeed_zero_gives_the_losses_and_weights_of_one_process_and_resumes(
     refused = _launch(run, 1, expect_ok=False, resume=True, **options)
     assert f"checkpoint {ckpt} was written with distributed=deepspeed; resume it the same way" in refused
     _launch(run, 2, resume=True, **options)
-    _assert_same_run(one_process, run)
+    _assert_same_run(one_process_with_a_nan, run)
     hf = AutoModelForCausalLM.from_pretrained(run)
     saved = load_file(str(run / "model.safetensors"))
     torch.testing.assert_close(hf.lm_head.weight, saved["model.embed_tokens.weight"])  # tied, as saved

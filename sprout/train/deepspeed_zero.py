@@ -76,7 +76,8 @@ class DeepSpeedZero:
         return self.stage == 3
 
     def set_boundary(self, last_micro: bool) -> None:
-        """Gradients are reduced across ranks on the last micro-batch of grad_accum only."""
+        """The last micro-batch of grad_accum is DeepSpeed's accumulation boundary (ZeRO-2/3 reduce-scatter every
+        micro-batch's gradients into the partitions; at the boundary they are complete for the step)."""
         self.engine.set_gradient_accumulation_boundary(last_micro)
 
     def backward(self, loss: torch.Tensor) -> None:
