@@ -24,7 +24,7 @@ from sprout.rl.rollout import (
     tool_turn_text,
 )
 from sprout.train.engine import train
-from sprout.train.objectives.grpo import group_advantages, grpo_loss
+from sprout.train.objectives.grpo import group_advantages, grpo_loss, informative_rows
 from sprout.train.objectives.ppo import gae, last_token_mask, ppo_losses
 from sprout.train.objectives.spo import ValueTracker, spo_loss
 
@@ -129,6 +129,34 @@ def test_grpo_loss_equals_trl(loss_type: str) -> None:
     theirs.backward()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-7)
     assert torch.allclose(ours_in.grad, trl_in.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "cispo"])
+def test_uniform_groups_are_skipped_without_changing_loss_or_gradient(loss_type: str) -> None:
+    """Without KL, the rows of groups that all scored the same are left out of the forward pass; the
+    rescaled loss over the rest equals the full batch's in value and gradient."""
+    g = torch.Generator().manual_seed(1)
+    N, T, G = 9, 6, 3
+    logps = torch.randn(N, T, generator=g) * 0.3 - 1.5
+    mask = (torch.rand(N, T, generator=g) > 0.3).float()
+    mask[:, 0] = 1
+    old = logps + torch.randn(N, T, generator=g) * 0.3  # ratios away from 1: the loss has a real value
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])  # group 2 uniform
+    adv = group_advantages(rewards, G)
+    trajs = [Trajectory([5], [([7] * int(mask[i].sum()), True)]) for i in range(N)]
+    full_in = logps.clone().requires_grad_(True)
+    full, _ = grpo_loss(full_in, old, None, adv, mask, 0.0, loss_type=loss_type, max_completion_length=T)
+    full.backward()
+    keep, scale = informative_rows(trajs, adv, 0.0, loss_type)
+    assert keep == [0, 1, 2, 6, 7, 8]
+    part_in = logps.clone().requires_grad_(True)
+    sel = part_in[keep]
+    part, _ = grpo_loss(sel, old[keep], None, adv[keep], mask[keep], 0.0, loss_type=loss_type, max_completion_length=T)
+    (part * scale).backward()
+    assert (part * scale).item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(part_in.grad, full_in.grad, atol=1e-7)
+    assert informative_rows(trajs, adv, 0.04, loss_type) == (list(range(N)), 1.0)  # KL: every row counts
+    assert informative_rows(trajs, torch.zeros(N), 0.0, loss_type) == ([0], 0.0)
 
 
 # ---- PPO ----------------------------------------------------------------------------------------

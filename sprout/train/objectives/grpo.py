@@ -99,15 +99,18 @@ class GRPOObjective(RLObjective):
     def policy_loss(
         self, model: nn.Module, items: list[dict], trajs: list[Trajectory], rewards: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        batch = pack(trajs, self.tokenizer.pad_id, self.device)
         adv = group_advantages(rewards.float(), self.group, bool(self.args.get("scale_rewards", True)))
+        # groups whose replies all scored the same teach nothing: worth watching on an easy or hard task
+        zero_std = (rewards.view(-1, self.group).std(1) == 0).float().mean()
+        keep, scale = informative_rows(trajs, adv, self.kl_coef, self.loss_type)
+        batch = pack([trajs[i] for i in keep], self.tokenizer.pad_id, self.device)
         ids, mask = batch["input_ids"], batch["loss_mask"]
         logps = token_logps(model, ids, self.sampling.temperature, mask)
         loss, m = grpo_loss(
             logps,
             logps.detach(),
             self.ref_logps(ids, mask),
-            adv,
+            adv[keep].to(logps.device),
             mask,
             self.kl_coef,
             self.eps_low,
@@ -115,6 +118,26 @@ class GRPOObjective(RLObjective):
             self.loss_type,
             self.sampling.max_new_tokens,
         )
-        # groups whose replies all scored the same teach nothing: worth watching on an easy or hard task
-        m["zero_std_groups"] = (rewards.view(-1, self.group).std(1) == 0).float().mean()
-        return loss, m
+        m["zero_std_groups"] = zero_std
+        return loss * scale, m
+
+
+def informative_rows(
+    trajs: list[Trajectory], adv: torch.Tensor, kl_coef: float, loss_type: str
+) -> tuple[list[int], float]:
+    """Rows worth a forward and backward pass, and the factor that restores the full batch's normalisation.
+
+    Without the KL term a reply with advantage 0 (every reply of its group scored the same) adds exactly
+    nothing to the loss or the gradient, only to the denominator of the average. So those rows are left
+    out and the loss over the rest is rescaled to the full batch's denominator: per reply (grpo, dr_grpo)
+    n_kept / N, per token (bnpo, cispo) kept tokens / all tokens. The value and gradient are unchanged
+    (tests/test_rl.py); a step where every group is uniform costs one row, weighted 0."""
+    n = len(trajs)
+    keep = list(range(n)) if kl_coef != 0.0 else [i for i in range(n) if adv[i] != 0]
+    if not keep:
+        return [0], 0.0
+    if len(keep) == n:
+        return keep, 1.0
+    if loss_type in ("bnpo", "cispo"):
+        return keep, sum(trajs[i].generated for i in keep) / max(sum(t.generated for t in trajs), 1)
+    return keep, len(keep) / n
