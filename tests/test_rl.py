@@ -159,6 +159,26 @@ def test_uniform_groups_are_skipped_without_changing_loss_or_gradient(loss_type:
     assert informative_rows(trajs, torch.zeros(N), 0.0, loss_type) == ([0], 0.0)
 
 
+def test_replies_cut_by_the_token_cap_are_counted() -> None:
+    """`truncated`: the policy's last reply hit max_new_tokens without its stop token."""
+    from types import SimpleNamespace
+
+    from sprout.train.objectives.rl import RLObjective
+
+    me = SimpleNamespace(
+        tokenizer=SimpleNamespace(stop_ids=[2]), sampling=SimpleNamespace(max_new_tokens=3), tool_rounds=1
+    )
+    trajs = [
+        Trajectory([1], [([5, 6, 7], True)]),  # cut at the cap
+        Trajectory([1], [([5, 2], True)]),  # stopped early
+        Trajectory([1], [([5, 6, 2], True), ([9] * 4, False), ([5, 6, 7], True)]),  # the answer after the tool is cut
+        Trajectory([1], [([5, 6, 2], True)]),  # stopped exactly at the cap
+    ]
+    m = RLObjective.reward_metrics(me, torch.ones(4), {}, trajs)
+    assert m["truncated"] == 0.5
+    assert m["tool_calls"] == 0.0
+
+
 # ---- PPO ----------------------------------------------------------------------------------------
 def test_gae_by_hand_skips_masked_positions() -> None:
     # positions: prompt(0) | a(1) | tool(0) | b(1); reward 1 on b; gamma 1, lam 0.5

@@ -253,6 +253,11 @@ class RLObjective(Objective):
         m: dict[str, Any] = {"reward": rewards.mean(), "reward_std": rewards.std() if len(rewards) > 1 else 0.0}
         m.update({f"reward_{k}": v.mean() for k, v in comps.items()})
         m["gen_tokens"] = sum(t.generated for t in trajs) / len(trajs)
+        # replies cut by max_new_tokens before their stop token: a cap below the task's reply length
+        # (e.g. a tool call cut before </tool_call>) scores 0 whatever the policy does
+        stops, cap = set(self.tokenizer.stop_ids), self.sampling.max_new_tokens
+        own = [[toks for toks, mine in t.pieces if mine] for t in trajs]
+        m["truncated"] = sum(bool(o) and len(o[-1]) >= cap and o[-1][-1] not in stops for o in own) / len(trajs)
         if self.tool_rounds > 0:
             m["tool_calls"] = sum(t.tool_calls for t in trajs) / len(trajs)
         return m
