@@ -757,16 +757,21 @@ def optimizer_step(run: Run, st: RunState, stop: _StopFlag) -> StepResult | None
     # fp16's scaler skips inf gradients itself (and lowers its scale); elsewhere the guard does. Gradients
     # are all-reduced, so every rank sees the same norm and takes the same decision.
     measured = None if grad_norm is None or run.scaler is not None else float(grad_norm)
-    ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
-    if not ok or grad_norm is None:  # (the guard never accepts a step without a gradient)
+    if not _guard_accepts(run, st, nonfinite, measured) or grad_norm is None:  # (never accepted without one)
         run.optimizer.zero_grad(set_to_none=True)
-        if note:
-            run.display.print(note)
         return None
     step_optimizer(run)
     run.objective.on_optimizer_step(run.model)
     st.step += 1
     return StepResult(loss / run.cfg.grad_accum, grad_norm, metrics, tokens)
+
+
+def _guard_accepts(run: Run, st: RunState, nonfinite: bool, measured: float | None) -> bool:
+    """The guard's verdict on the coming step (guards.py), its note printed when it skips or stops."""
+    ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
+    if not ok and note:
+        run.display.print(note)
+    return ok
 
 
 def _zero_step(run: Run, st: RunState, nonfinite: bool, result: StepResult) -> StepResult | None:
@@ -776,10 +781,7 @@ def _zero_step(run: Run, st: RunState, nonfinite: bool, result: StepResult) -> S
     zero = cast(DeepSpeedZero, run.zero)
     result.grad_norm = zero.step()
     measured = None if run.precision.name == "fp16" else float(result.grad_norm)
-    ok, note = run.guard.accept(not nonfinite, measured, st.step + 1)
-    if not ok:
-        if note:
-            run.display.print(note)
+    if not _guard_accepts(run, st, nonfinite, measured):
         return None
     run.objective.on_optimizer_step(run.model)
     st.step += 1
