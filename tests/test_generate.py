@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import FAMILIES, tiny_family_model, tiny_model
 
 from sprout.infer.generate import SamplingConfig, TextDecoder, apply_repetition_penalty, filter_top_k_top_p, generate
 
@@ -13,6 +13,25 @@ def test_batched_prompts_give_the_same_tokens_as_one_at_a_time():
     sc = SamplingConfig(max_new_tokens=12, temperature=0, stop_token_ids=[])
     batched = generate(model, prompts, sc)
     assert batched == [generate(model, [p], sc)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_repeated_prompts_share_one_prefill_and_match_rows_alone(family: str):
+    """A GRPO group (the same prompt several times) is prefilled once and its cache rows copied: every row
+    still decodes what it decodes alone (greedy), and seeded sampling draws different replies per row."""
+    model = tiny_family_model(family)
+    p, q = [5, 6, 7, 8, 9, 10], [20, 21, 22]
+    prompts = [p, q, p, p, q]
+    sc = SamplingConfig(max_new_tokens=10, temperature=0, stop_token_ids=[])
+    alone = {tuple(x): generate(model, [x], sc)[0] for x in (p, q)}
+    shapes: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    assert generate(model, prompts, sc) == [alone[tuple(x)] for x in prompts]
+    hook.remove()
+    assert shapes[0] == (2, len(p)) and shapes[1] == (5, 1)  # the prefill ran two rows, decoding all five
+    sc = SamplingConfig(max_new_tokens=10, temperature=1.0, stop_token_ids=[], seed=0)
+    group = generate(model, [p] * 4, sc)
+    assert len({tuple(r) for r in group}) > 1
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent():

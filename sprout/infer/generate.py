@@ -159,18 +159,26 @@ def generate_stream(
     if sc.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sc.seed)
     stops = torch.tensor(sc.stop_token_ids, device=device) if sc.stop_token_ids else None
-    cache = model.new_cache(B, total)
+    # Rows with the same prompt (a GRPO group: several replies to one prompt) share one prefill: each distinct
+    # prompt runs once and its cache rows are copied, so a group of 8 costs one prompt's forward pass.
+    distinct: dict[tuple[int, ...], int] = {}
+    row_of = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    firsts = torch.tensor([prompts.index(list(p)) for p in distinct], device=device)
+    cache = model.new_cache(len(distinct), total)
     logits = (
         model(
-            ids,
-            position_ids=positions,
-            attention_mask=mask[:, :longest] if padded else None,
+            ids[firsts],
+            position_ids=positions[firsts],
+            attention_mask=mask[firsts, :longest] if padded else None,
             cache=cache,
             last_only=True,
         )
         .logits[:, -1]
         .float()
     )
+    if len(distinct) < B:
+        cache.select_rows(row_of)
+        logits = logits[row_of]
     step = decode_step_fn(model, compile_step)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     any_finished = False
