@@ -74,3 +74,25 @@ def test_left_padding_enters_neither_the_conv_window_nor_the_delta_rule_state():
     for name in ("conv", "recurrent"):
         for i, state in alone.states[name].items():
             assert state.abs().max() > 0 and torch.allclose(padded.states[name][i], state, atol=1e-5), (name, i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,v_dim", [(4, 2, 16), (4, 4, 16), (4, 4, 8)])
+def test_one_query_attention_equals_sdpa(dtype: torch.dtype, heads: int, kv_heads: int, v_dim: int) -> None:
+    """The CPU decoding path of `attend` (two matmuls for a single query per row) equals SDPA: grouped KV
+    heads, a value width other than the key's (MLA), left padding hidden by the mask."""
+    import torch.nn.functional as F
+
+    from sprout.models.layers import attend
+
+    torch.manual_seed(0)
+    q = torch.randn(3, heads, 1, 16, dtype=dtype)
+    k, v = torch.randn(3, kv_heads, 9, 16, dtype=dtype), torch.randn(3, kv_heads, 9, v_dim, dtype=dtype)
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., :4] = False
+    want = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=heads != kv_heads
+    )
+    got = attend(q, k, v, mask)
+    assert got.dtype == dtype and got.shape == (3, heads, 1, v_dim)
+    torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}))

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cache import Cache
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import CausalLMOutput, DecoderLayer, SproutForCausalLM, build_attention_mask, collect_routing
-from .layers import RMSNorm, SwiGLU
+from .layers import RMSNorm, SwiGLU, attend
 from .moe import MoEBlock
 
 
@@ -216,10 +215,7 @@ class MLAttention(nn.Module):
         k_nope, v = kv.split([self.dn, self.dv], dim=-1)
         k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, self.n_heads, S, self.dr)], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1)
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

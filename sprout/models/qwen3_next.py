@@ -27,7 +27,7 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig, base_hf_dict, config_kwargs_from_hf
 from .dense import DecoderLayer, SproutForCausalLM, ffn_residual
-from .layers import RoutingStats, rotate_half
+from .layers import RoutingStats, attend, rotate_half
 from .moe import qwen_moe_block
 
 
@@ -303,11 +303,7 @@ class GatedAttention(nn.Module):
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        gqa = self.n_kv != self.n_heads
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = attend(q, k, v, mask)
         out = out.transpose(1, 2).reshape(B, T, -1) * torch.sigmoid(gate.reshape(B, T, -1))
         return self.o_proj(out)
 
