@@ -67,33 +67,43 @@ def test_run_tool_and_parse():
 
 
 def test_builtin_tool_data_is_correct():
-    from sprout.data.builtin_sets import tool_eval_questions, tool_records
+    from sprout.data.builtin_sets import record_calls, tool_eval_questions, tool_records
     from sprout.tokenizer import Tokenizer, default_tokenizer_dir, normalize_record
 
     recs = tool_records(200)
     tok = Tokenizer.load(default_tokenizer_dir())
-    calls, direct, listed = [], 0, []
+    calls, direct, listed, turns = [], 0, [], []
     for r in recs:
         assistant = tok.decode([i for i, m in zip(*tok.encode_chat(*normalize_record(r))) if m])
-        if "tool_calls" not in r["conversations"][1]:  # tools offered, question needs none
-            direct += 1
-            assert len(r["tools"]) == 3 and "<tool_call>" not in assistant and len(r["conversations"]) == 2
-            continue
-        call = r["conversations"][1]["tool_calls"][0]["function"]
-        calls.append(call)
-        listed.append([t["function"]["name"] for t in r["tools"]])
-        assert call["name"] in listed[-1]
-        result = r["conversations"][2]["content"]
-        assert result == run_tool(call["name"], call["arguments"]) and not result.startswith("error")
-        if call["name"] == "calculator":
-            a, op, b = call["arguments"]["expression"].split()
-            true = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
-            assert result == str(true) and str(true) in r["conversations"][3]["content"]
-        assert "<tool_call>" in assistant
-    # the mix: some direct answers, single-tool lists, and full lists in more than one order
-    assert 10 < direct < 60
+        msgs = r["conversations"]
+        names = [t["function"]["name"] for t in r["tools"]]
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        turns.append(len(users))
+        for i in users:
+            if "tool_calls" not in msgs[i + 1]:  # tools offered, question needs none: answered directly
+                direct += 1
+                assert len(names) == 3 and "<tool_call>" not in msgs[i + 1]["content"]
+                continue
+            call = msgs[i + 1]["tool_calls"][0]["function"]
+            calls.append(call)
+            listed.append(names)
+            assert call["name"] in names
+            result = msgs[i + 2]["content"]
+            assert msgs[i + 2]["role"] == "tool" and result == run_tool(call["name"], call["arguments"])
+            assert not result.startswith("error")
+            if call["name"] == "calculator":
+                a, op, b = call["arguments"]["expression"].split()
+                true = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+                assert result == str(true) and str(true) in msgs[i + 3]["content"]
+        assert assistant.count("<tool_call>") == sum(1 for m in msgs if m.get("tool_calls"))
+        assert calls[-len(record_calls(r)) :] == record_calls(r) or not record_calls(r)
+    # two questions under each tool list; the mix: some direct answers, single-tool lists, and full lists
+    # in more than one order; a single-tool list asks for that tool every time
+    assert set(turns) == {2}
+    assert 20 < direct < 100
     full = [tuple(x) for x in listed if len(x) == 3]
-    assert 40 < len(full) < len(listed) - 40 and len(set(full)) > 1
+    assert 60 < len(full) < len(listed) - 60 and len(set(full)) > 1
+    assert all(c["name"] == n[0] for c, n in zip(calls, listed) if len(n) == 1)
     seen = {json.dumps(c, sort_keys=True) for c in calls}
     for kind in ("calc", "unit", "date"):
         held = tool_eval_questions(20, kind=kind)

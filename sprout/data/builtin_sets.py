@@ -235,6 +235,7 @@ _UNIT_PAIRS = [
     ("h", "min"),
 ]
 TOOL_KINDS = ("calc", "unit", "date")
+_TOOL_OF = {"calc": "calculator", "unit": "unit_convert", "date": "date_calc"}
 
 
 def _operand(rng: random.Random) -> int:
@@ -335,55 +336,78 @@ def _offered_tools(rng: random.Random, needed: str | None, all_tools: bool) -> l
     return specs
 
 
-def _direct_conversation(rng: random.Random, pairs: list[tuple[str, str, str, str]]) -> dict:
-    """Tools are offered but the question needs none: the assistant answers directly."""
+def _direct_turn(rng: random.Random, pairs: list[tuple[str, str, str, str]]) -> list[dict]:
+    """A question that needs no tool (tools are offered): the assistant answers directly."""
     qz, qe, az, ae = rng.choice(pairs)
     q, a = (qe, ae) if rng.random() < 0.5 else (qz, az)
-    return {
-        "tools": _offered_tools(rng, None, True),
-        "conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": _trim(a, 200)}],
-    }
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": _trim(a, 200)}]
 
 
-def tool_conversation(rng: random.Random, kind: str | None = None, all_tools: bool = False) -> dict:
-    """One tool-use conversation: user question, the assistant's call, the tool's real output, the
-    final answer quoting it. The system turn lists only the needed tool unless `all_tools`."""
+def _tool_turn(rng: random.Random, kind: str) -> list[dict]:
+    """One question answered with a call: user question, the assistant's call, the tool's real output, the
+    final answer quoting it."""
     from ..tools import run_tool
 
-    t = tool_question(rng, kind or rng.choices(TOOL_KINDS, weights=[5, 4, 2])[0])
+    t = tool_question(rng, kind)
     result = run_tool(t["name"], t["arguments"])  # the real tool: every answer in the data is correct
-    return {
-        "tools": _offered_tools(rng, t["name"], all_tools),
-        "conversations": [
-            {"role": "user", "content": t["question"]},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [{"type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}],
-            },
-            {"role": "tool", "content": result},
-            {"role": "assistant", "content": _final(t["lang"], t["what"], result)},
-        ],
-    }
+    return [
+        {"role": "user", "content": t["question"]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}],
+        },
+        {"role": "tool", "content": result},
+        {"role": "assistant", "content": _final(t["lang"], t["what"], result)},
+    ]
+
+
+def _tool_kind(rng: random.Random) -> str:
+    return rng.choices(TOOL_KINDS, weights=[6, 3, 2])[0]  # arithmetic is the hardest to copy
 
 
 def tool_records(
-    n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4, direct_fraction: float = 0.15
+    n: int = 5000, seed: int = 0, all_tools_fraction: float = 0.4, direct_fraction: float = 0.15, turns: int = 2
 ) -> list[dict]:
-    """`n` conversations. `all_tools_fraction` of the tool calls are made with every tool listed
-    (what `sprout chat --tools` and most clients send; the full list costs ~400 more tokens);
-    `direct_fraction` are insuranceqa questions answered without a call although tools are offered,
-    so the model learns when *not* to call one."""
+    """`n` conversations of `turns` questions each, all under one system turn's tool list. Of the questions,
+    `direct_fraction` are insuranceqa questions answered without a call although every tool is offered, so
+    the model learns when *not* to call one; of the calls, `all_tools_fraction` are made with every tool
+    listed (what `sprout chat --tools` and most clients send), the rest with only the needed one.
+
+    Several questions share one tool list because the list is most of the tokens (~400 for all three at
+    this vocabulary, against ~60 for a question, its call and the answer): two turns a conversation give
+    ~1.6x the trained calls per token of one. A conversation with only the needed tool asks that tool
+    every time; one with all tools mixes kinds and direct questions."""
     from .builtin import insuranceqa_train_pairs
 
     rng = random.Random(seed)
     pairs = list(insuranceqa_train_pairs()) if direct_fraction > 0 else []
-    return [
-        _direct_conversation(rng, pairs)
-        if rng.random() < direct_fraction
-        else tool_conversation(rng, all_tools=rng.random() < all_tools_fraction)
-        for _ in range(n)
-    ]
+    # Per question the shares stay those of single-question data: a fraction `full` of the questions
+    # sees every tool, and those are the direct ones plus `all_tools_fraction` of the calls.
+    full = direct_fraction + (1 - direct_fraction) * all_tools_fraction
+    records = []
+    for _ in range(n):
+        if rng.random() < full:
+            msgs = [
+                m
+                for _ in range(turns)
+                for m in (
+                    _direct_turn(rng, pairs)
+                    if rng.random() < direct_fraction / full
+                    else _tool_turn(rng, _tool_kind(rng))
+                )
+            ]
+            records.append({"tools": _offered_tools(rng, None, True), "conversations": msgs})
+        else:
+            kind = _tool_kind(rng)
+            msgs = [m for _ in range(turns) for m in _tool_turn(rng, kind)]
+            records.append({"tools": _offered_tools(rng, _TOOL_OF[kind], False), "conversations": msgs})
+    return records
+
+
+def record_calls(record: dict) -> list[dict]:
+    """The `{"name", "arguments"}` of every tool call an assistant makes in a conversation record."""
+    return [c["function"] for m in record["conversations"] if m["role"] == "assistant" for c in m.get("tool_calls", ())]
 
 
 def _call_key(name: str, arguments: dict) -> str:
@@ -398,14 +422,7 @@ def tool_eval_questions(
     computed with Python integers, independently of the calculator."""
     rng = random.Random(seed)
     if exclude is None:
-        exclude = {
-            _call_key(
-                c["conversations"][1]["tool_calls"][0]["function"]["name"],
-                c["conversations"][1]["tool_calls"][0]["function"]["arguments"],
-            )
-            for c in tool_records()
-            if c["conversations"][1].get("tool_calls")
-        }
+        exclude = {_call_key(c["name"], c["arguments"]) for r in tool_records() for c in record_calls(r)}
     out: list[dict] = []
     while len(out) < n:
         t = tool_question(rng, kind)
