@@ -179,6 +179,21 @@ def test_replies_cut_by_the_token_cap_are_counted() -> None:
     assert m["tool_calls"] == 0.0
 
 
+def test_task_shares_split_the_prompts_in_proportion(tmp_path: Path) -> None:
+    """objective_args.task={calc: 3, unit: 1}: three arithmetic prompts to one unit prompt, interleaved."""
+    from sprout.train.objectives.rl import RLObjective, split_count
+
+    assert split_count(10, [1.0, 1.0, 1.0]) == [4, 3, 3] and split_count(32, [3.0, 1.0]) == [24, 8]
+    cfg = TrainConfig(
+        stage="agent", out=str(tmp_path), objective_args={"task": {"calc": 3, "unit": 1}, "n_prompts": 40}
+    )
+    items = RLObjective(cfg)._items(heldout=False)
+    kinds = [it["kind"] for it in items]
+    assert kinds.count("calc") == 30 and kinds.count("unit") == 10 and kinds[:10] != sorted(kinds[:10])
+    with pytest.raises(SystemExit, match="positive share"):
+        RLObjective(TrainConfig(stage="agent", objective_args={"task": {"calc": 0}}))._items(heldout=False)
+
+
 # ---- PPO ----------------------------------------------------------------------------------------
 def test_gae_by_hand_skips_masked_positions() -> None:
     # positions: prompt(0) | a(1) | tool(0) | b(1); reward 1 on b; gamma 1, lam 0.5

@@ -10,7 +10,7 @@ Under the engine's evaluation (no gradients) the same prompts-in, rewards-out pa
 on held-out prompts, so `val_reward` is held-out accuracy at temperature 0.
 
 objective_args (all optional):
-  task (calc | unit | date | add, or a list to mix; default calc), tools (all | needed | none),
+  task (calc | unit | date | add, a list to mix equally or a {task: share} mapping; default calc), tools (all | needed | none),
   n_prompts (2000), val_prompts (32), max_prompt_tokens (seq_len), max_new_tokens (64),
   temperature (1.0), top_k (0), thinking (false), rewards ({answer: 1.0}: component -> weight, see
   sprout/rl/rewards.py), min_tokens / max_tokens (length window), reward_model (folder of a
@@ -157,10 +157,10 @@ class RLObjective(Objective):
             items = file_items(self.cfg.data, "rlaif", self.cfg.skip_invalid)
             n_val = int(a.get("val_prompts", 32))
             return items[:n_val] if heldout else items[n_val:]
-        kinds = a.get("task", "calc")
-        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        shares = task_shares(a.get("task", "calc"))
+        kinds = list(shares)
         n = int(a.get("val_prompts", 32)) if heldout else int(a.get("n_prompts", 2000))
-        per = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
+        per = split_count(n, list(shares.values()))
         items = [
             it
             for k, m in zip(kinds, per)
@@ -307,6 +307,29 @@ class RLObjective(Objective):
             return None
         with torch.no_grad():
             return token_logps(self.ref_model, input_ids, self.sampling.temperature, mask)
+
+
+def task_shares(task: Any) -> dict[str, float]:
+    """objective_args.task as {kind: share}: a name, a list (equal shares) or a mapping (e.g. {calc: 3,
+    unit: 1}, to spend the rollouts where the model is still wrong)."""
+    if isinstance(task, str):
+        return {task: 1.0}
+    if isinstance(task, dict):
+        shares = {str(k): float(v) for k, v in task.items()}
+    else:
+        shares = {str(k): 1.0 for k in task}
+    if not shares or any(v <= 0 for v in shares.values()):
+        raise SystemExit(f"objective_args.task needs at least one task with a positive share; got {task!r}")
+    return shares
+
+
+def split_count(n: int, shares: list[float]) -> list[int]:
+    """n split in proportion to shares, summing to n exactly (largest remainders get the leftovers)."""
+    exact = [n * s / sum(shares) for s in shares]
+    out = [int(x) for x in exact]
+    for i in sorted(range(len(shares)), key=lambda i: out[i] - exact[i])[: n - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
