@@ -90,9 +90,7 @@ def test_one_query_attention_equals_sdpa(dtype: torch.dtype, heads: int, kv_head
     k, v = torch.randn(3, kv_heads, 9, 16, dtype=dtype), torch.randn(3, kv_heads, 9, v_dim, dtype=dtype)
     mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
     mask[1, ..., :4] = False
-    want = F.scaled_dot_product_attention(
-        q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=heads != kv_heads
-    )
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=heads != kv_heads)
     got = attend(q, k, v, mask)
     assert got.dtype == dtype and got.shape == (3, heads, 1, v_dim)
     torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}))

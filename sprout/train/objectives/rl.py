@@ -10,7 +10,8 @@ Under the engine's evaluation (no gradients) the same prompts-in, rewards-out pa
 on held-out prompts, so `val_reward` is held-out accuracy at temperature 0.
 
 objective_args (all optional):
-  task (calc | unit | date | add, a list to mix equally or a {task: share} mapping; default calc), tools (all | needed | none),
+  task (calc | unit | date | add, a list to mix equally or a {task: share} mapping; default calc),
+  tools (all | needed | none),
   n_prompts (2000), val_prompts (32), max_prompt_tokens (seq_len), max_new_tokens (64),
   temperature (1.0), top_k (0), thinking (false), rewards ({answer: 1.0}: component -> weight, see
   sprout/rl/rewards.py), min_tokens / max_tokens (length window), reward_model (folder of a
