@@ -192,6 +192,8 @@ def test_task_shares_split_the_prompts_in_proportion(tmp_path: Path) -> None:
     assert kinds.count("calc") == 30 and kinds.count("unit") == 10 and kinds[:10] != sorted(kinds[:10])
     with pytest.raises(SystemExit, match="positive share"):
         RLObjective(TrainConfig(stage="agent", objective_args={"task": {"calc": 0}}))._items(heldout=False)
+    with pytest.raises(SystemExit, match="positive share"):
+        RLObjective(TrainConfig(stage="agent", objective_args={"task": {"calc": "lots"}}))._items(heldout=False)
 
 
 # ---- PPO ----------------------------------------------------------------------------------------

@@ -161,9 +161,9 @@ def generate_stream(
     stops = torch.tensor(sc.stop_token_ids, device=device) if sc.stop_token_ids else None
     # Rows with the same prompt (a GRPO group: several replies to one prompt) share one prefill: each distinct
     # prompt runs once and its cache rows are copied, so a group of 8 costs one prompt's forward pass.
-    distinct: dict[tuple[int, ...], int] = {}
-    row_of = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
-    firsts = torch.tensor([prompts.index(list(p)) for p in distinct], device=device)
+    distinct: dict[tuple[int, ...], int] = {}  # prompt -> its first row
+    row_of = torch.tensor([distinct.setdefault(tuple(p), i) for i, p in enumerate(prompts)], device=device)
+    firsts, row_of = torch.unique(row_of, return_inverse=True)  # first rows in order; each row's index among them
     cache = model.new_cache(len(distinct), total)
     logits = (
         model(

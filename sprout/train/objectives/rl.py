@@ -315,13 +315,11 @@ def task_shares(task: Any) -> dict[str, float]:
     unit: 1}, to spend the rollouts where the model is still wrong)."""
     if isinstance(task, str):
         return {task: 1.0}
-    if isinstance(task, dict):
-        shares = {str(k): float(v) for k, v in task.items()}
-    else:
-        shares = {str(k): 1.0 for k in task}
-    if not shares or any(v <= 0 for v in shares.values()):
+    items = task.items() if isinstance(task, dict) else ((k, 1.0) for k in task)
+    shares = {str(k): v for k, v in items}
+    if not shares or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in shares.values()):
         raise SystemExit(f"objective_args.task needs at least one task with a positive share; got {task!r}")
-    return shares
+    return {k: float(v) for k, v in shares.items()}
 
 
 def split_count(n: int, shares: list[float]) -> list[int]:
