@@ -382,6 +382,33 @@ def cmd_eval_skills(a: argparse.Namespace) -> None:
     )
 
 
+def _eval_rl_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model folder (a policy before or after an RL run)")
+    p.add_argument("--recipe", default="grpo", help="the RL recipe whose task, tools and rewards to use (default grpo)")
+    p.add_argument("-n", type=int, default=200, help="held-out prompts (default 200)")
+    p.add_argument("--samples", type=int, default=4, help="sampled replies per prompt (default 4)")
+    p.add_argument("--batch", type=int, default=16, help="prompts generated together")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    # KEY=VALUE overrides of the recipe (objective_args.task=unit, objective_args.tools=all, ...) as for train.
+
+
+def cmd_eval_rl(a: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .config import build_train_config, load_recipe
+    from .eval.rl_reward import rl_reward_eval
+
+    torch.set_num_threads(a.threads)
+    stage = load_recipe(a.recipe).get("stage", "grpo")
+    # n_prompts=1: only the held-out prompts are scored, so the training prompts need not be built
+    extra = [f"objective_args.val_prompts={a.n}", "objective_args.n_prompts=1", f"seed={a.seed}"]
+    cfg = build_train_config(a.recipe, stage, {"model": a.model, "out": "runs/eval-rl"}, extra + a.overrides)
+    print(json.dumps(rl_reward_eval(cfg, a.samples, a.batch), ensure_ascii=False, indent=1))
+
+
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a training output folder (metrics.jsonl) or a speedrun folder")
     p.add_argument("--out", help="where to write report.html / report.md (default: RUN_DIR)")
@@ -666,6 +693,11 @@ VERBS: dict[str, Verb] = {
     "eval skills": Verb(
         "checks of the post-training stages: reasoning, tools, identity", _eval_skills_args, cmd_eval_skills
     ),
+    "eval rl": Verb(
+        "mean reward (greedy and sampled, 95% intervals) on an RL recipe's held-out prompts",
+        _eval_rl_args,
+        cmd_eval_rl,
+    ),
     "eval harness": Verb(
         "lm-evaluation-harness on a model folder (local tasks work offline)", _eval_harness_args, cmd_eval_harness
     ),
@@ -761,7 +793,7 @@ def _main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     overrides = [x for x in extra if "=" in x and not x.startswith("-")]
     rest = [x for x in extra if x not in overrides]
-    if rest or (overrides and args.run is not cmd_train):
+    if rest or (overrides and args.run not in (cmd_train, cmd_eval_rl)):
         args.parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
     args.overrides = overrides
     args.run(args)

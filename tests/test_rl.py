@@ -451,3 +451,35 @@ def test_rl_stop_and_resume_matches_uninterrupted(stage: str, rl_models: dict, t
     assert any(not torch.equal(a[k], start[k]) for k in a)  # the policy did move
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# ---- sprout eval rl ------------------------------------------------------------------------------
+def test_eval_rl_interval_by_hand() -> None:
+    from sprout.eval.rl_reward import interval
+
+    got = interval([1.0, 0.0, 1.0, 0.0])
+    half = 1.96 * math.sqrt((4 * 0.25 / 3) / 4)
+    assert got == {"mean": 0.5, "low": round(0.5 - half, 4), "high": round(0.5 + half, 4)}
+
+
+def test_eval_rl_greedy_and_sampled_on_held_out_prompts(rl_models: dict, capsys) -> None:
+    import json
+
+    from sprout.cli import main
+
+    def run(*extra: str) -> dict:
+        main(
+            ["eval", "rl", str(rl_models["policy"]), "-n", "6", "--samples", "3", "--batch", "4", "seq_len=512"]
+            + ["objective_args.task=add", "objective_args.tools=none", "objective_args.max_tool_rounds=0"]
+            + ["objective_args.max_new_tokens=6", f"objective_args.reward_model={rl_models['rm']}"]
+            + ["objective_args.rewards={model: 1.0}", *extra]
+        )
+        return json.loads(capsys.readouterr().out)
+
+    hot = run()
+    assert hot["prompts"] == 6 and hot["samples"] == 3 and hot["stage"] == "grpo"
+    assert hot["greedy"]["low"] <= hot["greedy"]["mean"] <= hot["greedy"]["high"]
+    assert hot["sampled"]["mean"] != hot["greedy"]["mean"]  # temperature 1 replies differ from greedy ones
+    cold = run("objective_args.temperature=0")  # sampling at temperature 0 is greedy decoding
+    assert cold["sampled"]["mean"] == pytest.approx(cold["greedy"]["mean"], abs=1e-4)
+    assert cold["greedy"] == hot["greedy"]  # greedy does not depend on the sampling temperature
