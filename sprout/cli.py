@@ -390,6 +390,8 @@ def _eval_rl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="prompts generated together")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--compare", metavar="BEFORE.json", help="an earlier `--out` file: add the paired change against it")
+    p.add_argument("--out", metavar="FILE.json", help="also write the result with each prompt's reward (for --compare)")
     # KEY=VALUE overrides of the recipe (objective_args.task=unit, objective_args.tools=all, ...) as for train.
 
 
@@ -399,14 +401,31 @@ def cmd_eval_rl(a: argparse.Namespace) -> None:
     import torch
 
     from .config import build_train_config, load_recipe
-    from .eval.rl_reward import rl_reward_eval
+    from .errors import UserError
+    from .eval.rl_reward import paired_change, rl_reward_eval
 
+    before = None
+    if a.compare:
+        try:
+            before = json.loads(Path(a.compare).read_text(encoding="utf-8"))
+            before["per_prompt"]["sampled"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"not a `sprout eval rl --out` file ({type(e).__name__}: {e})",
+                file=a.compare,
+                advice="write one with `sprout eval rl MODEL --out FILE` before the run",
+            ) from None
     torch.set_num_threads(a.threads)
     stage = load_recipe(a.recipe).get("stage", "grpo")
     # n_prompts=1: only the held-out prompts are scored, so the training prompts need not be built
     extra = [f"objective_args.val_prompts={a.n}", "objective_args.n_prompts=1", f"seed={a.seed}"]
     cfg = build_train_config(a.recipe, stage, {"model": a.model, "out": "runs/eval-rl"}, extra + a.overrides)
-    print(json.dumps(rl_reward_eval(cfg, a.samples, a.batch), ensure_ascii=False, indent=1))
+    result = rl_reward_eval(cfg, a.samples, a.batch)
+    if before is not None:
+        result["change"] = paired_change(result, before)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, ensure_ascii=False, indent=1))
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:

@@ -462,7 +462,7 @@ def test_eval_rl_interval_by_hand() -> None:
     assert got == {"mean": 0.5, "low": round(0.5 - half, 4), "high": round(0.5 + half, 4)}
 
 
-def test_eval_rl_greedy_and_sampled_on_held_out_prompts(rl_models: dict, capsys) -> None:
+def test_eval_rl_greedy_and_sampled_on_held_out_prompts(rl_models: dict, tmp_path: Path, capsys) -> None:
     import json
 
     from sprout.cli import main
@@ -476,10 +476,32 @@ def test_eval_rl_greedy_and_sampled_on_held_out_prompts(rl_models: dict, capsys)
         )
         return json.loads(capsys.readouterr().out)
 
-    hot = run()
+    hot = run("--out", str(tmp_path / "hot.json"))
     assert hot["prompts"] == 6 and hot["samples"] == 3 and hot["stage"] == "grpo"
     assert hot["greedy"]["low"] <= hot["greedy"]["mean"] <= hot["greedy"]["high"]
     assert hot["sampled"]["mean"] != hot["greedy"]["mean"]  # temperature 1 replies differ from greedy ones
-    cold = run("objective_args.temperature=0")  # sampling at temperature 0 is greedy decoding
+    saved = json.loads((tmp_path / "hot.json").read_text())
+    assert len(saved["per_prompt"]["sampled"]) == 6
+    assert sum(saved["per_prompt"]["greedy"]) / 6 == pytest.approx(hot["greedy"]["mean"], abs=1e-3)
+    # sampling at temperature 0 is greedy decoding; greedy does not depend on the temperature
+    cold = run("objective_args.temperature=0", "--compare", str(tmp_path / "hot.json"))
     assert cold["sampled"]["mean"] == pytest.approx(cold["greedy"]["mean"], abs=1e-4)
-    assert cold["greedy"] == hot["greedy"]  # greedy does not depend on the sampling temperature
+    assert cold["greedy"] == hot["greedy"]
+    assert cold["change"]["greedy"] == {"mean": 0.0, "low": 0.0, "high": 0.0}  # same prompts, same replies
+    diffs = [c - h for c, h in zip(saved["per_prompt"]["greedy"], saved["per_prompt"]["sampled"])]
+    assert cold["change"]["sampled"]["mean"] == pytest.approx(sum(diffs) / 6, abs=1e-3)
+
+
+def test_eval_rl_compare_rejects_other_files(rl_models: dict, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"greedy": 0.5}')
+    r = subprocess.run(
+        [sys.executable, "-m", "sprout.cli", "eval", "rl", str(rl_models["policy"]), "--compare", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"{bad}: not a `sprout eval rl --out` file" in r.stderr

@@ -9,7 +9,8 @@ one footing and on more prompts than the run's own `val_reward` (32 greedy promp
   sampled  `samples` replies per prompt at the recipe's temperature (what the run optimises).
 
 The 95% interval is 1.96 standard errors of the per-prompt mean reward (replies to one prompt are
-not independent, so the prompt is the unit).
+not independent, so the prompt is the unit). `--compare BEFORE.json` adds the change against an earlier
+evaluation of the same prompts, with a paired interval.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..config import TrainConfig
 from ..train.objectives import build_objective
-from ..train.objectives.rl import RLObjective
+from ..train.objectives.rl import PromptDataset, RLObjective
 
 
 def interval(per_prompt: list[float]) -> dict[str, float]:
@@ -44,7 +45,7 @@ def rl_reward_eval(cfg: TrainConfig, samples: int = 4, batch: int = 16) -> dict[
     obj.kl_coef = 0.0  # no frozen reference copy: nothing is trained here
     obj.setup(policy, torch.device("cpu"))  # the rollout backend and, when the recipe has one, the reward model
     _, val = obj.datasets(tok)
-    assert val is not None
+    assert isinstance(val, PromptDataset)  # what every RL objective's datasets() returns
     torch.manual_seed(cfg.seed)
     greedy: list[float] = []
     sampled: list[float] = []
@@ -71,4 +72,21 @@ def rl_reward_eval(cfg: TrainConfig, samples: int = 4, batch: int = 16) -> dict[
         "greedy": interval(greedy),
         "sampled": interval(sampled),
         "sampled_components": {k: round(sum(v) / len(v), 4) for k, v in parts.items()},
+        "per_prompt": {"greedy": [round(x, 4) for x in greedy], "sampled": [round(x, 4) for x in sampled]},
     }
+
+
+def paired_change(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """After minus before, prompt by prompt (the same held-out prompts), with a paired 95% interval: far
+    tighter than comparing two unpaired intervals, since most of the spread is between prompts."""
+    for key in ("stage", "task", "prompts", "samples"):
+        if before.get(key) != after.get(key):
+            raise SystemExit(
+                f"--compare: the two evaluations differ in {key} ({before.get(key)!r} vs {after.get(key)!r}); "
+                "run both with the same --recipe, -n, --samples and overrides"
+            )
+    out: dict[str, Any] = {"before": before.get("model")}
+    for kind in ("greedy", "sampled"):
+        a, b = after["per_prompt"][kind], before["per_prompt"][kind]
+        out[kind] = interval([x - y for x, y in zip(a, b)])
+    return out

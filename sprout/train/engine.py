@@ -264,7 +264,9 @@ def evaluate(model: nn.Module, objective: Objective, val: Dataset, cfg: TrainCon
             sums[k] = sums.get(k, 0.0) + _to_float(v)
     model.train()
     val_loss = sum(losses) / len(losses)
-    out = {"val_loss": val_loss, "val_ppl": _ppl(val_loss)}
+    out = {"val_loss": val_loss}
+    if objective.lm_loss:  # exp(loss) is a perplexity only for a next-token cross-entropy (not DPO / RL losses)
+        out["val_ppl"] = _ppl(val_loss)
     out.update({f"val_{k}": v / len(losses) for k, v in sums.items()})
     return out
 
@@ -1001,6 +1003,8 @@ def _write_description(objective: Objective, out: Path, keep_started: bool) -> N
 def _log_eval(
     log: MetricsLog | None, display: ProgressDisplay, result: dict, step: int, tokens: int, elapsed: float
 ) -> None:
-    display.print(f"step {step}: val_loss {result['val_loss']:.4f}  val_ppl {result['val_ppl']:.2f}")
+    shown = [f"val_loss {result['val_loss']:.4f}"]
+    shown += [f"{k} {result[k]:.4f}" for k in ("val_ppl", "val_reward", "val_accuracy") if k in result]
+    display.print(f"step {step}: " + "  ".join(shown))
     if log is not None:
         log.log({"step": step, "split": "val", "tokens": tokens, "elapsed_s": round(elapsed, 3), **result})
