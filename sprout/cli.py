@@ -713,7 +713,7 @@ VERBS: dict[str, Verb] = {
         "checks of the post-training stages: reasoning, tools, identity", _eval_skills_args, cmd_eval_skills
     ),
     "eval rl": Verb(
-        "mean reward (greedy and sampled, 95% intervals) on an RL recipe's held-out prompts",
+        "mean reward (greedy and sampled, with confidence intervals) on an RL recipe's held-out prompts",
         _eval_rl_args,
         cmd_eval_rl,
     ),
