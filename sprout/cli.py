@@ -408,7 +408,8 @@ def cmd_eval_rl(a: argparse.Namespace) -> None:
     if a.compare:
         try:
             before = json.loads(Path(a.compare).read_text(encoding="utf-8"))
-            before["per_prompt"]["sampled"]
+            for kind in ("greedy", "sampled"):  # what paired_change reads, checked before the evaluation runs
+                len(before["per_prompt"][kind])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(
                 f"not a `sprout eval rl --out` file ({type(e).__name__}: {e})",

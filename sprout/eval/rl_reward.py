@@ -15,7 +15,6 @@ evaluation of the same prompts, with a paired interval.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -54,18 +53,15 @@ def rl_reward_eval(cfg: TrainConfig, samples: int = 4, batch: int = 16) -> dict[
         rows = [val[i] for i in range(start, min(start + batch, len(val)))]
         items = [obj.items[r["idx"]] for r in rows]
         prompts = [r["prompt"] for r in rows]
-        rewards, _ = obj.score(items, obj.rollouts(prompts, greedy=True))
-        greedy += rewards.tolist()
-        k_items = [it for it in items for _ in range(samples)]
-        rewards, comps = obj.score(k_items, obj.rollouts([p for p in prompts for _ in range(samples)]))
+        greedy += obj.scored_rollouts(items, prompts, greedy=True)[2].tolist()
+        _, _, rewards, comps = obj.scored_rollouts(items, prompts, samples)
         sampled += rewards.view(len(prompts), samples).mean(1).tolist()
         for name, v in comps.items():
             parts.setdefault(name, []).extend(v.tolist())
-    task = copy.deepcopy((cfg.objective_args or {}).get("task", "calc"))
     return {
         "model": cfg.model,
         "stage": cfg.stage,
-        "task": task,
+        "task": (cfg.objective_args or {}).get("task", "calc"),
         "prompts": len(greedy),
         "samples": samples,
         "temperature": obj.sampling.temperature,

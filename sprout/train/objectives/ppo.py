@@ -136,8 +136,7 @@ class PPOObjective(RLObjective):
     @torch.no_grad()
     def _fill(self, model: nn.Module, items: list[dict], prompts: list[list[int]]) -> None:
         """Sample, score, and compute old log-probs, values, GAE; queue the minibatches."""
-        trajs = self.rollouts(prompts)
-        rewards, comps = self.score(items, trajs)
+        _, trajs, rewards, comps = self.scored_rollouts(items, prompts)
         self._maybe_dump(trajs, rewards)
         b = pack(trajs, self.tokenizer.pad_id, self.device)
         mask = b["loss_mask"]

@@ -248,6 +248,16 @@ class RLObjective(Objective):
             rewards = rewards + self.weights["model"] * rm
         return rewards, comps
 
+    def scored_rollouts(
+        self, items: list[dict], prompts: list[list[int]], k: int = 1, greedy: bool = False
+    ) -> tuple[list[dict], list[Trajectory], torch.Tensor, dict[str, torch.Tensor]]:
+        """k replies to each prompt (rows grouped by prompt), scored: (items repeated k times, trajectories,
+        rewards [N * k], components)."""
+        items = [it for it in items for _ in range(k)]
+        trajs = self.rollouts([p for p in prompts for _ in range(k)], greedy=greedy)
+        rewards, comps = self.score(items, trajs)
+        return items, trajs, rewards, comps
+
     def reward_metrics(
         self, rewards: torch.Tensor, comps: dict[str, torch.Tensor], trajs: list[Trajectory]
     ) -> dict[str, Any]:
@@ -267,8 +277,7 @@ class RLObjective(Objective):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         items = [self.items[i] for i in batch["idx"].tolist()]
         if not torch.is_grad_enabled():  # the engine's evaluation: greedy replies to held-out prompts
-            trajs = self.rollouts(batch["prompts"], greedy=True)
-            rewards, comps = self.score(items, trajs)
+            _, trajs, rewards, comps = self.scored_rollouts(items, batch["prompts"], greedy=True)
             return -rewards.mean(), self.reward_metrics(rewards, comps, trajs)
         return self.train_loss(model, items, batch["prompts"])
 
@@ -276,10 +285,7 @@ class RLObjective(Objective):
         self, model: nn.Module, items: list[dict], prompts: list[list[int]]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Sample `samples_per_prompt` replies per prompt, score them, and return the policy loss."""
-        k = self.samples_per_prompt
-        items = [it for it in items for _ in range(k)]
-        trajs = self.rollouts([p for p in prompts for _ in range(k)])
-        rewards, comps = self.score(items, trajs)
+        items, trajs, rewards, comps = self.scored_rollouts(items, prompts, self.samples_per_prompt)
         self._maybe_dump(trajs, rewards)
         loss, metrics = self.policy_loss(model, items, trajs, rewards.to(self.device))
         metrics.update(self.reward_metrics(rewards, comps, trajs))
