@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ctrl_c_at, save_tiny_chat_model, tiny_model
+from conftest import FAMILIES, ctrl_c_at, save_tiny_chat_model, tiny_family_model, tiny_model
 from safetensors.torch import load_file
 
 from sprout.config import TrainConfig
@@ -21,6 +21,8 @@ from sprout.rl.rollout import (
     Trajectory,
     agent_rollouts,
     pack,
+    pack_shared,
+    token_logps,
     tool_turn_text,
 )
 from sprout.train.engine import train
@@ -322,6 +324,41 @@ def test_masked_token_logps_equal_the_full_projection() -> None:
     assert torch.allclose(part, full * mask, atol=1e-6)
     want = torch.log_softmax(model(ids).logits[0, 2] / 0.7, -1)[ids[0, 3]]
     assert full[0, 2].item() == pytest.approx(want.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_shared_prompt_layout_gives_the_same_logps_and_gradients(family: str) -> None:
+    """Groups of replies (with a tool output between two policy turns) to two prompts, plus a lone
+    reply: the prompt-once layout gives pack's log-probabilities and parameter gradients, in every
+    family (Qwen3-Next, whose linear layers ignore masks, takes pack's rows instead)."""
+    model = tiny_family_model(family)
+    g = torch.Generator().manual_seed(1)
+
+    def toks(n: int) -> list[int]:
+        return torch.randint(3, 512, (n,), generator=g).tolist()
+
+    trajs = []
+    for P in (5, 9):
+        prompt = toks(P)
+        for k in range(3):
+            trajs.append(Trajectory(prompt, [(toks(2 + k), True), (toks(3), False), (toks(1 + 2 * k), True)]))
+    trajs.append(Trajectory(toks(4), [(toks(6), True)]))
+    b = pack(trajs, 0)
+    ids, mask = b["input_ids"], b["loss_mask"]
+    shared = pack_shared(trajs, 0)
+    assert shared.input_ids.shape[0] == 3  # one row per distinct prompt
+    assert shared.input_ids.numel() < ids.numel()
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = token_logps(model, ids, 0.7, mask)
+    once = token_logps(model, ids, 0.7, mask, shared)
+    assert torch.equal(once != 0, mask > 0)
+    assert torch.allclose(once, plain, atol=1e-5)
+    g_plain = torch.autograd.grad(plain.sum(), params, allow_unused=True)
+    g_once = torch.autograd.grad(once.sum(), params, allow_unused=True)
+    for a, b_ in zip(g_plain, g_once):
+        assert (a is None) == (b_ is None)
+        if a is not None:
+            assert torch.allclose(a, b_, atol=1e-5)
 
 
 def test_openai_backend_against_sprout_serve_app() -> None:

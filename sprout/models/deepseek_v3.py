@@ -281,7 +281,9 @@ class DeepseekV3ForCausalLM(SproutForCausalLM):
         logits = self.lm_head(x[:, -1:] if last_only else x)
         aux, load = collect_routing(routing)
         mtp: list[torch.Tensor] = []
-        if self.training and torch.is_grad_enabled() and cache is None and self.config.mtp_loss_weight:
+        # MTP reads token i+d as the future of position i, so it needs a row in order: none under a 4-D mask
+        in_order = attention_mask is None or attention_mask.dim() == 2
+        if self.training and torch.is_grad_enabled() and cache is None and self.config.mtp_loss_weight and in_order:
             mtp = self._mtp_logits(h, input_ids, position_ids, doc_ids, attention_mask)
         return CausalLMOutput(
             logits=logits, aux_losses=aux, mtp_logits=mtp, mtp_loss_weight=self.config.mtp_loss_weight, expert_load=load

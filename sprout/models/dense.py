@@ -112,9 +112,13 @@ def build_attention_mask(
     """Boolean mask [B|1, 1, T, past+T]: True where a query may attend to a key.
 
     Causal always; with `doc_ids` ([B, T], packing) a token sees only its own document;
-    with `attention_mask` ([B, past+T], 1 = real token) padding keys are hidden.
+    with `attention_mask` ([B, past+T], 1 = real token) padding keys are hidden. A 4-D `attention_mask`
+    ([B, 1, T, past+T], True = may attend) is a whole mask, used as given: layouts the two cases cannot
+    express, such as RL's replies laid side by side after their one shared prompt (sprout/rl/rollout.py).
     Returns None for the plain causal case so SDPA can use its fused causal kernel.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
     if doc_ids is None and attention_mask is None and past == 0:
         return None
     q_pos = torch.arange(past, past + T, device=device)
@@ -136,6 +140,9 @@ class SproutForCausalLM(nn.Module):
     lora_config: dict[str, Any]  # set by sprout.train.lora.apply_lora; absent on a model without adapters
     norm_cls: type[nn.Module] = RMSNorm  # Qwen3-Next uses zero-centred (1 + w) norms
     gradient_checkpointing: bool = False  # training option (TrainConfig.grad_checkpoint)
+    # Every token mixer obeys the attention mask, so a 4-D mask can isolate tokens of one row from each
+    # other (Qwen3-Next's linear layers carry a state along the row whatever the mask says).
+    mask_isolates_tokens: bool = True
 
     def make_layer(self, cfg: ModelConfig, layer_idx: int) -> nn.Module:
         """One decoder block: (x, cos, sin, mask, cache, pad_mask) -> (x, RoutingStats | None), FFN held as `.mlp`."""
@@ -181,7 +188,8 @@ class SproutForCausalLM(nn.Module):
         last_only: bool = False,
     ) -> CausalLMOutput:
         """input_ids [B, T]. position_ids default to past..past+T-1. doc_ids: packed documents.
-        attention_mask [B, past+T]: 1 for real tokens (left padding in batched generation).
+        attention_mask [B, past+T]: 1 for real tokens (left padding in batched generation), or a whole
+        boolean mask [B, 1, T, past+T] (see build_attention_mask).
         last_only: compute logits for the last position only (decoding saves the big matmul)."""
         x, routing = self.trunk(input_ids, position_ids, doc_ids, attention_mask, cache)
         x = self.model.norm(x)
@@ -202,7 +210,7 @@ class SproutForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
         mask = build_attention_mask(T, past, x.device, doc_ids, attention_mask)
-        pad_mask = attention_mask[:, -T:] if attention_mask is not None else None
+        pad_mask = attention_mask[:, -T:] if attention_mask is not None and attention_mask.dim() == 2 else None
         routing: dict[int, RoutingStats] = {}
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.model.layers):

@@ -381,6 +381,7 @@ class Qwen3NextForCausalLM(SproutForCausalLM):
     the linear layers as the trunk's explicit `pad_mask` argument."""
 
     norm_cls = ZeroCenteredRMSNorm
+    mask_isolates_tokens = False
 
     config: Qwen3NextConfig
 

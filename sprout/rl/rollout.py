@@ -152,19 +152,86 @@ def pack(trajs: list[Trajectory], pad_id: int, device: torch.device | str = "cpu
     return {"input_ids": ids.to(device), "loss_mask": own[:, 1:].float().to(device)}
 
 
+@dataclass
+class SharedPrompts:
+    """Replies that share a prompt, laid out with the prompt once per row (GRPO's groups).
+
+    `pack` repeats the prompt in every reply's row, so a group of G replies to a 300-token prompt
+    computes that prompt G times. Here a row holds one prompt followed by each of its replies, and a
+    whole [L, L] mask lets a reply's tokens see the prompt and the earlier tokens of their own reply
+    only, at the positions they would have alone (the reply starts at len(prompt)). A reply token's
+    hidden state is then the one `pack`'s layout gives, up to float rounding; `source` says where each
+    of `pack`'s predicting positions sits in this layout, so the log-probabilities come out in `pack`'s
+    [N, T-1] shape and every loss stays as written."""
+
+    input_ids: torch.Tensor  # [R, L]: R distinct prompts, each followed by its replies, right-padded
+    position_ids: torch.Tensor  # [R, L]
+    attention: torch.Tensor  # [R, 1, L, L] bool: True where a query may attend to a key
+    source: torch.Tensor  # [N, T-1]: row * L + position of the hidden state predicting pack's target t
+
+
+def pack_shared(trajs: list[Trajectory], pad_id: int, device: torch.device | str = "cpu") -> SharedPrompts:
+    """The SharedPrompts layout of `trajs`; consecutive trajectories with the same prompt share a row."""
+    groups: list[list[int]] = []
+    for i, t in enumerate(trajs):
+        if groups and trajs[groups[-1][0]].prompt == t.prompt:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    conts = [[x for toks, _ in t.pieces for x in toks] for t in trajs]
+    L = max(len(trajs[g[0]].prompt) + sum(len(conts[i]) for i in g) for g in groups)
+    T = max(len(t.prompt) + len(c) for t, c in zip(trajs, conts))
+    ids = torch.full((len(groups), L), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(groups), L), dtype=torch.long)
+    doc = torch.full((len(groups), L), -1, dtype=torch.long)  # 0 = the prompt, j + 1 = reply j, -1 = padding
+    source = torch.zeros((len(trajs), T - 1), dtype=torch.long)
+    where = torch.arange(T - 1)  # pack's position t predicts token t + 1
+    for r, g in enumerate(groups):
+        prompt = trajs[g[0]].prompt
+        P = len(prompt)
+        ids[r, :P] = torch.tensor(prompt)
+        pos[r, :P] = torch.arange(P)
+        doc[r, :P] = 0
+        start = P
+        for j, i in enumerate(g):
+            n = len(conts[i])
+            ids[r, start : start + n] = torch.tensor(conts[i], dtype=torch.long)
+            pos[r, start : start + n] = torch.arange(P, P + n)
+            doc[r, start : start + n] = j + 1
+            # prompt positions map to themselves, reply position P + m to start + m (positions past
+            # the reply's end are never selected)
+            source[i] = r * L + torch.where(where < P, where, (start + where - P).clamp(max=L - 1))
+            start += n
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    same = (doc[:, :, None] == doc[:, None, :]) | (doc[:, None, :] == 0)  # own reply, or the shared prompt
+    return SharedPrompts(ids.to(device), pos.to(device), (causal & same).unsqueeze(1).to(device), source.to(device))
+
+
 def token_logps(
-    model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    shared: SharedPrompts | None = None,
 ) -> torch.Tensor:
     """log p(input_ids[:, t+1] | prefix) for every t: [N, T-1], under the sampling temperature.
 
     With `mask` ([N, T-1]) the vocabulary projection runs only where mask > 0 (elsewhere the result
     is 0): an agentic prompt with every tool listed is ~450 tokens and the reply ~60, so this skips
-    most of the [N, T, V] logits, the largest tensor of the step."""
+    most of the [N, T, V] logits, the largest tensor of the step. With `shared` as well (the same
+    trajectories in `pack_shared`'s layout) each prompt is computed once for all its replies; a model
+    whose token mixers ignore masks (Qwen3-Next) takes `input_ids` as they are."""
     from ..models.dense import SproutForCausalLM
 
     if mask is not None and isinstance(model, SproutForCausalLM):
-        x, _ = model.trunk(input_ids[:, :-1])
-        return selected_logps(model.lm_head, model.model.norm(x), input_ids[:, 1:], mask > 0, temperature)
+        sel = mask > 0
+        if shared is not None and model.mask_isolates_tokens:
+            x, _ = model.trunk(shared.input_ids, shared.position_ids, attention_mask=shared.attention)
+            hidden = x.flatten(0, 1)[shared.source[sel]]
+        else:
+            x, _ = model.trunk(input_ids[:, :-1])
+            hidden = x[sel]
+        return selected_logps(model.lm_head, model.model.norm(hidden), input_ids[:, 1:], sel, temperature)
     logits = model(input_ids[:, :-1]).logits.float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -176,7 +243,8 @@ def token_logps(
 def selected_logps(
     head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    logits = head(hidden[sel]).float()
+    """Log-probabilities of target[sel] from the hidden states of the selected positions ([n_sel, H])."""
+    logits = head(hidden).float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     picked = logits.gather(-1, target[sel].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...rl.rollout import Trajectory, masked_mean, pack, token_logps
+from ...rl.rollout import Trajectory, masked_mean, pack, pack_shared, token_logps
 from . import register
 from .rl import RLObjective, k3_kl
 
@@ -103,13 +103,16 @@ class GRPOObjective(RLObjective):
         # groups whose replies all scored the same teach nothing: worth watching on an easy or hard task
         zero_std = (rewards.view(-1, self.group).std(1) == 0).float().mean()
         keep, scale = informative_rows(trajs, adv, self.kl_coef, self.loss_type)
-        batch = pack([trajs[i] for i in keep], self.tokenizer.pad_id, self.device)
+        rows = [trajs[i] for i in keep]
+        batch = pack(rows, self.tokenizer.pad_id, self.device)
         ids, mask = batch["input_ids"], batch["loss_mask"]
-        logps = token_logps(model, ids, self.sampling.temperature, mask)
+        # each prompt once for its whole group (a ~300-token prompt, ~130 tokens per reply)
+        shared = pack_shared(rows, self.tokenizer.pad_id, self.device)
+        logps = token_logps(model, ids, self.sampling.temperature, mask, shared)
         loss, m = grpo_loss(
             logps,
             logps.detach(),
-            self.ref_logps(ids, mask),
+            self.ref_logps(ids, mask, shared),
             adv[keep].to(logps.device),
             mask,
             self.kl_coef,

@@ -40,6 +40,7 @@ from ...rl.rollout import (
     LocalBackend,
     OpenAIBackend,
     RolloutBackend,
+    SharedPrompts,
     Trajectory,
     agent_rollouts,
     dump_samples,
@@ -309,11 +310,13 @@ class RLObjective(Objective):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state.get("calls", 0))
 
-    def ref_logps(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def ref_logps(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, shared: SharedPrompts | None = None
+    ) -> torch.Tensor | None:
         if self.ref_model is None:
             return None
         with torch.no_grad():
-            return token_logps(self.ref_model, input_ids, self.sampling.temperature, mask)
+            return token_logps(self.ref_model, input_ids, self.sampling.temperature, mask, shared)
 
 
 def task_shares(task: Any) -> dict[str, float]:
