@@ -402,7 +402,7 @@ def cmd_eval_rl(a: argparse.Namespace) -> None:
 
     from .config import build_train_config, load_recipe
     from .errors import UserError
-    from .eval.rl_reward import paired_change, rl_reward_eval
+    from .eval.rl_reward import check_comparable, paired_change, rl_reward_eval
 
     before = None
     if a.compare:
@@ -421,6 +421,9 @@ def cmd_eval_rl(a: argparse.Namespace) -> None:
     # n_prompts=1: only the held-out prompts are scored, so the training prompts need not be built
     extra = [f"objective_args.val_prompts={a.n}", "objective_args.n_prompts=1", f"seed={a.seed}"]
     cfg = build_train_config(a.recipe, stage, {"model": a.model, "out": "runs/eval-rl"}, extra + a.overrides)
+    if before is not None:  # what is known before the evaluation runs (the prompt count only after it)
+        planned = {"stage": cfg.stage, "task": (cfg.objective_args or {}).get("task", "calc"), "samples": a.samples}
+        check_comparable(before, planned, ("stage", "task", "samples"))
     result = rl_reward_eval(cfg, a.samples, a.batch)
     if before is not None:
         result["change"] = paired_change(result, before)

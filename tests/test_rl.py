@@ -542,3 +542,20 @@ def test_eval_rl_compare_rejects_other_files(rl_models: dict, tmp_path: Path) ->
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{bad}: not a `sprout eval rl --out` file" in r.stderr
+
+
+def test_eval_rl_compare_mismatch_stops_before_evaluating(tmp_path: Path) -> None:
+    """A --compare file with another sample count is refused before any model is loaded (the model
+    folder here does not even exist), with the key that differs."""
+    import json
+    import subprocess
+    import sys
+
+    before = tmp_path / "before.json"
+    per_prompt = {"greedy": [1.0], "sampled": [0.5]}
+    saved = {"stage": "grpo", "task": "calc", "samples": 4, "prompts": 1, "per_prompt": per_prompt}
+    before.write_text(json.dumps(saved))
+    cmd = [sys.executable, "-m", "sprout.cli", "eval", "rl", str(tmp_path / "no-model"), "--recipe", "grpo"]
+    r = subprocess.run([*cmd, "--samples", "2", "--compare", str(before)], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "differ in samples (4 vs 2)" in r.stderr
