@@ -288,3 +288,14 @@ def test_report_sections_come_from_the_objectives_own_description(tmp_path):
         section = md.split(f"## Stage: {stage}")[1].split("## Stage:")[0]
         assert f"Loss: {obj.loss_label}." in section and obj.healthy in section
         assert f"(report_files/{stage}_metrics.png)" in section  # its declared metric (`ce`) is plotted
+
+
+def test_rl_curves_are_drawn_against_steps() -> None:
+    """An RL run's `tokens` count prompts only, so its curves use steps; other runs keep tokens."""
+    from sprout.eval.report import _by_tokens
+
+    lm = [{"step": 1, "tokens": 4096, "loss": 5.0}]
+    rl = [{"step": 1, "tokens": 2300, "loss": 0.0, "reward": 0.4}]
+    assert _by_tokens(lm, [{"step": 1, "tokens": 4096, "val_loss": 5.1}])
+    assert not _by_tokens(rl, [])
+    assert not _by_tokens([{"step": 1, "loss": 5.0}], [])  # no token counts at all

@@ -208,6 +208,12 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _by_tokens(train: list[dict], val: list[dict]) -> bool:
+    """Curves against tokens when every row has them, except for RL runs: their `tokens` count prompt tokens
+    only (the replies are sampled inside the step), so a whole GRPO run is ~0.07M of them; steps read better."""
+    return all("tokens" in r for r in train + val) and not any("reward" in r for r in train)
+
+
 def _x(rows: list[dict], use_tokens: bool) -> list[float]:
     return [r["tokens"] / 1e6 if use_tokens else r.get("step", i) for i, r in enumerate(rows)]
 
@@ -258,7 +264,7 @@ def plot_core(
     loss_label: str = "loss",
 ) -> Path:
     """2x2: loss (train, smoothed, validation, reference), learning rate, gradient norm, tokens/s."""
-    use_tokens = all("tokens" in r for r in train + val)
+    use_tokens = _by_tokens(train, val)
     xlabel = "training tokens (millions)" if use_tokens else "step"
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.2))
     ax = axes[0][0]
@@ -323,7 +329,7 @@ def plot_extra(
     """One panel per metric group (MoE load, DPO rewards, RL reward components, aux losses, ...)."""
     if not groups:
         return None
-    use_tokens = all("tokens" in r for r in train + val)
+    use_tokens = _by_tokens(train, val)
     names = list(groups)[:MAX_PANELS]
     cols = min(3, len(names))
     rows_n = math.ceil(len(names) / cols)
