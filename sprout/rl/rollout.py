@@ -41,8 +41,12 @@ class Trajectory:
     def generated(self) -> int:
         return sum(len(t) for t, own in self.pieces if own)
 
+    def continuation(self) -> list[int]:
+        """Every token after the prompt: the policy's replies and what was fed back between them."""
+        return [t for toks, _ in self.pieces for t in toks]
+
     def ids(self) -> list[int]:
-        return self.prompt + [t for toks, _ in self.pieces for t in toks]
+        return self.prompt + self.continuation()
 
 
 class RolloutBackend(Protocol):
@@ -178,14 +182,14 @@ def pack_shared(trajs: list[Trajectory], pad_id: int, device: torch.device | str
             groups[-1].append(i)
         else:
             groups.append([i])
-    conts = [[x for toks, _ in t.pieces for x in toks] for t in trajs]
+    conts = [t.continuation() for t in trajs]
     L = max(len(trajs[g[0]].prompt) + sum(len(conts[i]) for i in g) for g in groups)
     T = max(len(t.prompt) + len(c) for t, c in zip(trajs, conts))
     ids = torch.full((len(groups), L), pad_id, dtype=torch.long)
     pos = torch.zeros((len(groups), L), dtype=torch.long)
     doc = torch.full((len(groups), L), -1, dtype=torch.long)  # 0 = the prompt, j + 1 = reply j, -1 = padding
     source = torch.zeros((len(trajs), T - 1), dtype=torch.long)
-    where = torch.arange(T - 1)  # pack's position t predicts token t + 1
+    at = torch.arange(T - 1)  # pack's positions; position t predicts token t + 1
     for r, g in enumerate(groups):
         prompt = trajs[g[0]].prompt
         P = len(prompt)
@@ -200,7 +204,7 @@ def pack_shared(trajs: list[Trajectory], pad_id: int, device: torch.device | str
             doc[r, start : start + n] = j + 1
             # prompt positions map to themselves, reply position P + m to start + m (positions past
             # the reply's end are never selected)
-            source[i] = r * L + torch.where(where < P, where, (start + where - P).clamp(max=L - 1))
+            source[i] = r * L + torch.where(at < P, at, (start + at - P).clamp(max=L - 1))
             start += n
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     same = (doc[:, :, None] == doc[:, None, :]) | (doc[:, None, :] == 0)  # own reply, or the shared prompt
@@ -314,5 +318,5 @@ def dump_samples(trajs: list[Trajectory], tokenizer: Any, rewards: list[float], 
     """Append a few decoded rollouts with their rewards to a jsonl (what a run's samples looked like)."""
     with open(path, "a", encoding="utf-8") as f:
         for t, r in list(zip(trajs, rewards))[:n]:
-            text = tokenizer.decode([x for toks, _ in t.pieces for x in toks], skip_special_tokens=False)
+            text = tokenizer.decode(t.continuation(), skip_special_tokens=False)
             f.write(json.dumps({"reward": r, "completion": text}, ensure_ascii=False) + "\n")

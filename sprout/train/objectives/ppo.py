@@ -47,8 +47,9 @@ class ActorCritic(nn.Module):
         x, _ = self.policy.trunk(input_ids[:, :-1])
         h = self.policy.model.norm(x)
         sel = mask > 0
-        logps = selected_logps(self.policy.lm_head, h[sel], input_ids[:, 1:], sel, temperature)
-        values = torch.zeros_like(logps).masked_scatter(sel, self.value_head(h[sel]).squeeze(-1).float())
+        hs = h[sel]  # the trained positions' hidden states, for both heads
+        logps = selected_logps(self.policy.lm_head, hs, input_ids[:, 1:], sel, temperature)
+        values = torch.zeros_like(logps).masked_scatter(sel, self.value_head(hs).squeeze(-1).float())
         return logps, values
 
 
