@@ -423,10 +423,10 @@ def cmd_eval_rl(a: argparse.Namespace) -> None:
     cfg = build_train_config(a.recipe, stage, {"model": a.model, "out": "runs/eval-rl"}, extra + a.overrides)
     if before is not None:  # what is known before the evaluation runs (the prompt count only after it)
         planned = {"stage": cfg.stage, "task": (cfg.objective_args or {}).get("task", "calc"), "samples": a.samples}
-        check_comparable(before, planned, ("stage", "task", "samples"))
+        check_comparable(before, planned, ("stage", "task", "samples"), a.compare)
     result = rl_reward_eval(cfg, a.samples, a.batch)
     if before is not None:
-        result["change"] = paired_change(result, before)
+        result["change"] = paired_change(result, before, a.compare)
     if a.out:
         Path(a.out).write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, ensure_ascii=False, indent=1))

@@ -558,4 +558,4 @@ def test_eval_rl_compare_mismatch_stops_before_evaluating(tmp_path: Path) -> Non
     cmd = [sys.executable, "-m", "sprout.cli", "eval", "rl", str(tmp_path / "no-model"), "--recipe", "grpo"]
     r = subprocess.run([*cmd, "--samples", "2", "--compare", str(before)], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "differ in samples (4 vs 2)" in r.stderr
+    assert f"{before}: --compare: the two evaluations differ in samples (4 vs 2)" in r.stderr

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
+from ..errors import UserError
 from ..train.objectives import build_objective
 from ..train.objectives.rl import PromptDataset, RLObjective
 
@@ -72,20 +73,24 @@ def rl_reward_eval(cfg: TrainConfig, samples: int = 4, batch: int = 16) -> dict[
     }
 
 
-def check_comparable(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...]) -> None:
+def check_comparable(
+    before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...], before_file: str | None = None
+) -> None:
     """Stop when two evaluations differ in what makes their per-prompt rewards pair up."""
     for key in keys:
         if before.get(key) != after.get(key):
-            raise SystemExit(
-                f"--compare: the two evaluations differ in {key} ({before.get(key)!r} vs {after.get(key)!r}); "
-                "run both with the same --recipe, -n, --samples and overrides"
+            raise UserError(
+                f"the two evaluations differ in {key} ({before.get(key)!r} vs {after.get(key)!r})",
+                file=before_file,
+                field="--compare",
+                advice="run both with the same --recipe, -n, --samples and overrides",
             )
 
 
-def paired_change(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+def paired_change(after: dict[str, Any], before: dict[str, Any], before_file: str | None = None) -> dict[str, Any]:
     """After minus before, prompt by prompt (the same held-out prompts), with a paired 95% interval: far
     tighter than comparing two unpaired intervals, since most of the spread is between prompts."""
-    check_comparable(before, after, ("stage", "task", "prompts", "samples"))
+    check_comparable(before, after, ("stage", "task", "prompts", "samples"), before_file)
     out: dict[str, Any] = {"before": before.get("model")}
     for kind in ("greedy", "sampled"):
         a, b = after["per_prompt"][kind], before["per_prompt"][kind]
