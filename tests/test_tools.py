@@ -57,6 +57,35 @@ def test_run_tool_and_parse():
     assert run_tool("calculator", '{"expression": "6*7"}') == "42"
     assert run_tool("nope", {}).startswith("error: unknown tool")
     assert run_tool("unit_convert", {"value": 1}).startswith("error:")
+
+
+def test_run_tool_answers_wrongly_typed_arguments_with_an_error_text():
+    """Calls a policy wrote during agentic RL: each must come back as an error the model reads, never raise
+    (`"from_unit": 5` once stopped a 20-minute run with AttributeError deep inside the unit table)."""
+    cases = {
+        (
+            "unit_convert",
+            '{"value": 3, "from_unit": 5, "to_unit": "kg"}',
+        ): "error: argument 'from_unit' must be a string, got 5",
+        (
+            "unit_convert",
+            '{"value": "3", "from_unit": "lb", "to_unit": "kg"}',
+        ): "error: argument 'value' must be a number",
+        (
+            "unit_convert",
+            '{"value": true, "from_unit": "lb", "to_unit": "kg"}',
+        ): "error: argument 'value' must be a number",
+        ("calculator", '{"expression": 12}'): "error: argument 'expression' must be a string, got 12",
+        ("calculator", '{"expression": "1+1", "x": 1}'): "error: unknown argument 'x' for calculator",
+        (
+            "date_calc",
+            '{"operation": "add_days", "date": "2024-01-01", "days": 1.5}',
+        ): "error: argument 'days' must be an integer",
+        ("date_calc", '{"operation": "weekday"}'): "error: missing argument 'date' for date_calc",
+    }
+    for (name, args), expected in cases.items():
+        assert run_tool(name, args).startswith(expected), (name, args)
+    assert run_tool("unit_convert", '{"value": 2, "from_unit": "kg", "to_unit": "g"}') == "2000"
     text = (
         'x<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>'
         "<tool_call>{bad</tool_call>"

@@ -90,6 +90,31 @@ def tool_specs(names: list[str] | None = None) -> list[dict[str, Any]]:
     return [TOOLS[n].spec() for n in (names or list(TOOLS))]
 
 
+# JSON-schema types of the tools' parameters -> the Python values that satisfy them (bool is not a number).
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+}
+
+
+def _argument_problem(tool: Tool, arguments: dict[str, Any]) -> str | None:
+    """What is wrong with a call's arguments against the tool's own schema, or None. A model can write
+    `"from_unit": 5`; the tool must answer that as an error text, not raise from deep inside."""
+    props = tool.parameters["properties"]
+    missing = [k for k in tool.parameters.get("required", []) if k not in arguments]
+    if missing:
+        return f"missing argument {missing[0]!r} for {tool.name}"
+    for key, value in arguments.items():
+        if key not in props:
+            return f"unknown argument {key!r} for {tool.name}; expected {', '.join(props)}"
+        kind = props[key]["type"]
+        if not _JSON_TYPES[kind](value):
+            article = "an" if kind[0] in "aeiou" else "a"
+            return f"argument {key!r} must be {article} {kind}, got {json.dumps(value, ensure_ascii=False)}"
+    return None
+
+
 def run_tool(name: str, arguments: Any) -> str:
     """Execute one call; never raises for a bad call (the error text is the result)."""
     tool = TOOLS.get(name)
@@ -102,6 +127,9 @@ def run_tool(name: str, arguments: Any) -> str:
             return "error: arguments are not valid JSON"
     if not isinstance(arguments, dict):
         return "error: arguments must be a JSON object"
+    problem = _argument_problem(tool, arguments)
+    if problem:
+        return f"error: {problem}"
     try:
         return tool.fn(**arguments)
     except (CalcError, ValueError, TypeError, OverflowError, ZeroDivisionError) as e:
