@@ -181,3 +181,33 @@ def test_post_eval_argument_matching():
     assert not _same_args({"value": 30, "from_unit": "mile", "to_unit": "km"}, want)
     assert not _same_args({"value": 30, "from_unit": "km"}, want)
     assert not _same_args("30 km", want)
+
+
+def test_tools_eval_marks_each_question_for_pairing(monkeypatch):
+    """`final_per_question` holds one mark per held-out question, in order, so two models' evaluations pair up:
+    here a stand-in model answers the first and third question right and the second wrong."""
+    from types import SimpleNamespace
+
+    from sprout.data.builtin_sets import tool_eval_questions
+    from sprout.eval import skills
+
+    items = tool_eval_questions(3, kind="unit")
+    replies = iter([0, 1, 0])  # 0: the right call and its result; 1: the right call, a wrong final number
+
+    def fake_ask(model, tok, question, tools, max_new):
+        it = next(i for i in items if i["question"] == question)
+        result = run_tool(it["name"], it["arguments"])
+        final = f"It is {result}." if next(replies) == 0 else "It is 12345678."
+        call = {"name": it["name"], "arguments": it["arguments"]}
+        history = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": final},
+        ]
+        return SimpleNamespace(history=history)
+
+    monkeypatch.setattr(skills, "_ask", fake_ask)
+    res = skills.tools_eval(None, None, n=3, offered="needed", kind="unit")
+    assert res["final_per_question"] == "101"
+    assert res["final_answer_correct"] == pytest.approx(2 / 3) and res["correct_arguments"] == 1.0

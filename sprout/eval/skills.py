@@ -86,6 +86,7 @@ def tools_eval(
 
     items = tool_eval_questions(n, kind=kind)
     called = right_args = correct = 0
+    marks: list[str] = []  # per question, in order: "1" final answer right, "0" wrong (pairs two evaluations)
     samples: list[dict[str, Any]] = []
     for it in items:
         tools = {"needed": tool_specs([it["name"]]), "all": tool_specs(), "none": None}[offered]
@@ -102,9 +103,11 @@ def tools_eval(
         right_args += any(_same_args(c["arguments"], it["arguments"]) for c in calls)
         if kind == "calc":
             nums = re.findall(r"-?\d+", final)
-            correct += bool(nums) and int(nums[-1]) == it["answer"]
+            right = bool(nums) and int(nums[-1]) == it["answer"]
         else:
-            correct += run_tool(it["name"], it["arguments"]) in final
+            right = run_tool(it["name"], it["arguments"]) in final
+        correct += right
+        marks.append("1" if right else "0")
         if len(samples) < 3:
             samples.append({"q": it["question"], "history": session.history[1:]})
     res = {
@@ -114,6 +117,7 @@ def tools_eval(
         "called_right_tool": called / n,
         "correct_arguments": right_args / n,
         "final_answer_correct": correct / n,
+        "final_per_question": "".join(marks),
         "samples": samples,
     }
     if offered == "all":
