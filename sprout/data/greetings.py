@@ -107,7 +107,7 @@ def _answer(lang: str, rng: random.Random) -> str:
     return (" " if lang == "en" else "").join(p for p in parts if p)
 
 
-def greeting_records(n: int = 600, seed: int = 0) -> list[dict]:
+def greeting_records(n: int = 3000, seed: int = 0) -> list[dict]:
     """`n` one-turn conversations, half zh and half en; about half the questions typed casually."""
     rng = random.Random(seed)
     out = []
