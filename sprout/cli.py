@@ -473,7 +473,9 @@ def _bench_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ce-chunk", type=int, default=0, help="LM head + loss this many positions at a time")
     p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each layer in backward")
-    p.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the forward (CPU too; the warm-up step compiles)"
+    )
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:

@@ -106,3 +106,23 @@ def test_the_data_cursor_maps_onto_another_global_batch() -> None:
     # same global batch: rank 0 and rank 1 of two processes together hold one process's batch
     both = sorted(two.batch_indices(0, 1) + ResumableSampler(48, 4, seed=1, rank=1, world=2).batch_indices(0, 1))
     assert both == sorted(one.batch_indices(0, 1))
+
+
+def test_compile_on_cpu_trains_like_eager(tmp_path: Path) -> None:
+    """`compile=true` compiles the forward on CPU too: the same losses as the eager run (to float rounding of the
+    fused kernels) and a saved model with plain parameter names."""
+    from safetensors.torch import load_file
+
+    kw = dict(max_steps=6, eval_every=3, save_every=6, log_every=1)
+    train(make_cfg(tmp_path / "eager", **kw))
+    train(make_cfg(tmp_path / "compiled", compile=True, **kw))
+
+    def losses(out: Path) -> list[float]:
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r] + [r["val_loss"] for r in rows if "val_loss" in r]
+
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(eager) == len(compiled) >= 8
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    names = set(load_file(str(tmp_path / "compiled" / "model.safetensors")))
+    assert names == set(load_file(str(tmp_path / "eager" / "model.safetensors")))
