@@ -476,6 +476,11 @@ def _bench_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the forward (CPU too; the warm-up step compiles)"
     )
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="synthetic (random ids), builtin (the built-in corpus) or a .jsonl file / folder of pretraining records",
+    )
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
@@ -484,7 +489,7 @@ def cmd_bench_train(a: argparse.Namespace) -> None:
     cfg = train.bench_config(
         a.preset, a.seq_len, a.batch_size, a.device, a.ce_chunk, a.optimizer, a.grad_checkpoint, a.compile
     )
-    train.print_table(train.bench_train(cfg, a.dtypes.split(","), a.steps))
+    train.print_table(train.bench_train(cfg, a.dtypes.split(","), a.steps, a.data))
 
 
 def _bench_infer_args(p: argparse.ArgumentParser) -> None:

@@ -205,3 +205,32 @@ def test_bench_train_flags_reach_the_train_config_the_step_and_the_row(capsys, m
     (row,) = json.loads(out.strip().splitlines()[-1])["rows"]
     assert row["dtype"] == "fp32" and (row["ce_chunk"], row["optimizer"], row["grad_checkpoint"]) == (8, "muon", True)
     assert "ce_chunk=8 optimizer=muon grad_checkpoint=True compile=True" in out
+
+
+def test_bench_train_real_data_is_packed_text_a_fresh_batch_a_step(tmp_path, capsys):
+    from sprout.bench.train import make_batches
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    texts = [f"Policy {i} covers fire, flood and theft for the home and its contents." for i in range(40)]
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    stream = [t for text in texts for t in [*tok.encode(text), tok.doc_sep_id]]
+    batches = make_batches(str(f), tok.vocab_size, 2, 16, 3)
+    # three distinct batches, cut in order from the documents joined by their separators
+    assert [b["input_ids"].tolist() for b in batches] != [batches[0]["input_ids"].tolist()] * 3
+    flat = torch.cat([torch.cat([b["input_ids"], b["labels"][:, -1:]], 1).reshape(-1) for b in batches])
+    assert flat.tolist() == stream[: 3 * 2 * 17]
+    assert torch.equal(batches[1]["labels"][:, :-1], batches[1]["input_ids"][:, 1:])
+    # too little text, or a vocabulary the preset cannot hold: one line naming what to change, exit 1
+    for argv, expect in (
+        (["--preset", "cpu", "--steps", "99", "--data", str(f)], f"{f}: "),
+        (["--preset", "tiny", "--data", str(f)], "more than this preset's vocab_size 512"),
+    ):
+        try:
+            main(["bench", "train", "--dtypes", "fp32", "--seq-len", "16", "--batch-size", "2", *argv])
+        except SystemExit as e:
+            assert e.code == 1
+        else:
+            raise AssertionError("no error")
+        assert expect in capsys.readouterr().err

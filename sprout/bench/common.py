@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -32,6 +33,19 @@ GPU_PEAKS: dict[str, tuple[float, float, float]] = {
     "H100": (989e12, 67e12, 3350e9),  # SXM
     "H200": (989e12, 67e12, 4800e9),
 }
+
+
+def corpus_texts(kind: str) -> Iterator[str]:
+    """Real text for a benchmark: the built-in pretraining corpus ("builtin") or the `text` of every record in a
+    .jsonl file or data folder (the pretraining reader, so its errors name file and line)."""
+    if kind == "builtin":
+        from ..data.builtin import pretrain_texts
+
+        yield from pretrain_texts()
+        return
+    from ..data.readers import read_records
+
+    yield from (r["text"] for r in read_records(kind, "pretrain"))
 
 
 def machine() -> dict:
@@ -108,6 +122,20 @@ def peaks(device: torch.device, measure: bool = True) -> dict:
         peak_source="measured",
     )
     return got
+
+
+def best_peaks(before: dict, after: dict) -> dict:
+    """The higher of two measurements of each measured peak (taken before and after a benchmark), with how far
+    they were apart: on a shared CPU one measurement can land in a slow moment and halve every MFU."""
+    out = dict(after)
+    spread = 0.0
+    for key in ("peak_bf16_flops", "peak_fp32_flops", "peak_bandwidth_Bps"):
+        a, b = before.get(key), after.get(key)
+        if a and b and before.get("peak_source") == "measured":
+            out[key] = max(a, b)
+            spread = max(spread, 1 - min(a, b) / max(a, b))
+    out["peak_spread"] = spread
+    return out
 
 
 def matmul_params(model: nn.Module) -> int:

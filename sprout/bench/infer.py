@@ -11,12 +11,20 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from .common import decode_flops_per_token, fmt_rate, machine, peak_memory_bytes, peaks, print_json_last, weight_bytes
+from .common import (
+    corpus_texts,
+    decode_flops_per_token,
+    fmt_rate,
+    machine,
+    peak_memory_bytes,
+    peaks,
+    print_json_last,
+    weight_bytes,
+)
 
 
 def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
@@ -50,17 +58,8 @@ def make_prompts(kind: str, n: int, length: int, vocab: int, model_dir: str | No
     from ..tokenizer import Tokenizer, default_tokenizer_dir
 
     tok = Tokenizer.load(model_dir or default_tokenizer_dir())
-    texts: Iterable[str]
-    if kind == "builtin":
-        from ..data.builtin import pretrain_texts
-
-        texts = pretrain_texts()
-    else:
-        from ..data.readers import read_records
-
-        texts = (r["text"] for r in read_records(kind, "pretrain"))
     out = []
-    for text in texts:
+    for text in corpus_texts(kind):
         ids = tok.encode(text)[:length]
         if len(ids) >= max(1, length // 2):
             out.append(ids)
