@@ -272,7 +272,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-max-tokens", type=int, default=256)
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (bigger: 413)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: all cores but one on a CPU, left to the HTTP side)"
+    )
 
 
 def cmd_serve(a: argparse.Namespace) -> None:

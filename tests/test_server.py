@@ -447,3 +447,14 @@ def test_lora_adapter_is_served_by_name(tmp_path):
             assert not torch.allclose(entry.model(x).logits, registry.get("base").model(x).logits)
     finally:
         registry.shutdown()
+
+
+def test_a_cpu_server_leaves_one_core_to_the_http_side(monkeypatch):
+    from sprout.infer.server import serve_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (serve_threads(None, "cpu"), serve_threads(None, "auto"), serve_threads(3, "cpu")) == (7, 7, 3)
+    assert serve_threads(None, "cuda") == 8
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert serve_threads(None, "cpu") == 1
