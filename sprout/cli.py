@@ -551,7 +551,12 @@ def _bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
-    p.add_argument("--threads", type=int, default=0, help="torch threads, here and in the server (0 = default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads, here and in the server (0 = each side's default: all cores here, all but one there)",
+    )
 
 
 def cmd_bench_serve(a: argparse.Namespace) -> None:
