@@ -455,6 +455,7 @@ def test_a_cpu_server_leaves_one_core_to_the_http_side(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert (serve_threads(None, "cpu"), serve_threads(None, "auto"), serve_threads(3, "cpu")) == (7, 7, 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU server keeps torch's default
     assert serve_threads(None, "cuda") == 8
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert serve_threads(None, "cpu") == 1

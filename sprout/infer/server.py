@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..models.dense import SproutForCausalLM
+from ..train.device import select_device
 from .engine_batch import BatchEngine, GenRequest
 from .generate import SamplingConfig, TextDecoder
 from .toolparse import OutputParser
@@ -780,7 +781,7 @@ def serve_threads(asked: int | None, device: str) -> int:
     one (docs/BENCHMARKS.md)."""
     if asked:
         return asked
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    on_cpu = select_device(device).type == "cpu"  # the device the models will be loaded on
     return max(1, torch.get_num_threads() - 1) if on_cpu else torch.get_num_threads()
 
 
