@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...models import SproutForCausalLM, load_model
+from ..logging import format_duration
 from . import register
 from .base import Objective, move_batch
 
@@ -252,12 +254,19 @@ class DPOObjective(Objective):
         ds = PairDataset(data)
         chosen, rejected = [], []
         bs = max(1, self.cfg.batch_size)
+        # One forward pass per pair before the first step: minutes on a CPU for a few thousand pairs, so say so.
+        print(f"dpo: reference log-probs of {len(ds):,} pairs (cached with the tokens for later runs)", flush=True)
+        t0, shown = time.perf_counter(), 0.0
         for s in range(0, len(ds), bs):
             batch = move_batch(pad_pairs([ds[i] for i in range(s, min(s + bs, len(ds)))]), self.device)
             logps, _ = sequence_logps(ref, batch["input_ids"], batch["labels"], batch["attention_mask"])
             c, r = logps.float().cpu().chunk(2)
             chosen += c.tolist()
             rejected += r.tolist()
+            done = len(chosen) / len(ds)
+            if done - shown >= 0.2 or done == 1.0:
+                shown, spent = done, time.perf_counter() - t0
+                print(f"  {done:.0%}  eta {format_duration(spent / done * (1 - done))}", flush=True)
         ref.train(was_training)
         data["ref_chosen"], data["ref_rejected"] = chosen, rejected
 
