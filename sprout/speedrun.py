@@ -17,7 +17,7 @@ import torch
 from .config import build_train_config, load_recipe
 from .data.builtin import pretrain_texts, write_builtin
 from .data.data_dir import require, stage_files
-from .eval.choice import score_choices
+from .eval.choice import baseline_choices, score_choices
 from .eval.perplexity import dataset_loss
 from .eval.report import build_report
 from .eval.samples import generate_samples, sample_questions
@@ -156,6 +156,7 @@ def evaluate(base_dir: Path, chat_dir: Path, sft_cfg, n_questions: int) -> dict:
         ):
             items = builtin_items(task, n_questions)
             results["choice"] += [r.as_dict() for r in score_choices(model, tok, items, task)]
+            results["choice"] += [r.as_dict() for r in baseline_choices(items, task)]
         results["samples"] = generate_samples(model, tok, sample_questions())
     return results
 

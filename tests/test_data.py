@@ -374,6 +374,28 @@ def test_insuranceqa_choice_is_valid_and_never_test():
         builtin.insuranceqa_choice("test")
 
 
+def test_insuranceqa_options_do_not_give_the_answer_away_by_length():
+    """The dataset's negatives are longer than its gold answers; drawn from the whole pool, picking the
+    shortest option finds the gold one about half the time. Length-matched items leave length at chance."""
+
+    def shortest_picks_gold(items: list[dict]) -> float:
+        hits = [min(range(4), key=lambda j: len(it["options"][j])) == it["answer"] for it in items]
+        return sum(hits) / len(hits)
+
+    for lang in ("zh", "en"):
+        matched = builtin.insuranceqa_choice("valid", lang, limit=600)
+        whole_pool = builtin.insuranceqa_choice("valid", lang, limit=600, length_matched=False)
+        assert len(matched) == 600 and shortest_picks_gold(whole_pool) > 0.4
+        assert 0.2 < shortest_picks_gold(matched) < 0.3
+        ratios = sorted(
+            len(it["options"][it["answer"]]) / len(o)
+            for it in matched
+            for j, o in enumerate(it["options"])
+            if j != it["answer"]
+        )
+        assert 0.9 < ratios[len(ratios) // 2] < 1.1  # the median gold / negative length ratio
+
+
 def test_builtin_training_text_is_disjoint_from_heldout_splits():
     import insuranceqa_data
 

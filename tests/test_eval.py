@@ -213,6 +213,8 @@ def test_run_eval_writes_json_and_markdown(tok, tmp_path):
     assert {(r["task"], r["method"]) for r in saved["choice"]} == {
         ("idiom-zh", "mean"),
         ("idiom-zh", "pmi"),
+        ("idiom-zh", "shortest"),
+        ("idiom-zh", "overlap"),
         ("toy (1-shot)", "letter"),
         ("toy (1-shot)", "option"),
         ("toy (1-shot)", "option_norm"),
@@ -253,3 +255,23 @@ def test_answer_selection_mean_and_pmi_by_hand(tok):
     got = {r.method: r for r in results}
     assert {m: r.correct for m, r in got.items()} == correct
     assert math.isclose(got["mean"].chance, (1 / 3 + 1 / 2) / 2) and got["pmi"].total == 2
+
+
+def test_baselines_pick_the_shortest_option_and_the_best_word_match():
+    from sprout.eval.choice import baseline_choices
+
+    items = [
+        # en: the gold answer is the longest option and the only one that shares the question's rare words
+        {
+            "question": "Does Medicare cover hearing aids?",
+            "options": ["Yes, it does.", "Medicare Part B covers hearing aids only in some cases.", "No."],
+            "answer": 1,
+        },
+        # zh: overlap counts characters; the gold answer is again not the shortest
+        {"question": "什么是定期寿险？", "options": ["车险", "定期寿险是一种保险", "今天天气很好"], "answer": 1},
+        # the shortest option is the gold one, and it shares no words with the question
+        {"question": "Is it raining?", "options": ["Maybe.", "The sun is shining brightly today."], "answer": 0},
+    ]
+    got = {r.method: r for r in baseline_choices(items, "toy")}
+    assert got["shortest"].correct == 1 and got["overlap"].correct == 2 and got["overlap"].total == 3
+    assert math.isclose(got["shortest"].chance, (1 / 3 + 1 / 3 + 1 / 2) / 3)

@@ -295,7 +295,7 @@ def test_sprout_eval(folder, tmp_path):
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     text = res["text"]
     assert text["tokens"] > 0 and 0 < text["loss"] < 20 and text["bits_per_byte"] > 0
-    assert {r["method"] for r in res["choice"]} == {"mean", "pmi"}
+    assert {r["method"] for r in res["choice"]} == {"mean", "pmi", "shortest", "overlap"}
 
 
 def test_reasoning_stage_refuses_a_tokenizer_without_think(tmp_path):

@@ -134,10 +134,17 @@ def insuranceqa_choice(
     allow_test: bool = False,
     limit: int | None = None,
     as_written: bool = False,
+    length_matched: bool = True,
 ) -> list[dict]:
     """Multiple-choice items `{question, options, answer}`: the gold answer plus `n_negatives`
     answers drawn (seeded) from the question's own same-domain negatives, gold position shuffled.
-    The question is normalised, or with `as_written` exactly as the dataset writes it."""
+    The question is normalised, or with `as_written` exactly as the dataset writes it.
+
+    `length_matched` (the default) draws the negatives from the answers next to the gold one in length
+    (`_length_window`) and skips the ~13% of questions whose gold answer is among its pool's 6 shortest or
+    longest. The dataset's pools favour long answers (they were retrieved by keyword search): drawn from the
+    whole pool, the gold answer is the shortest of the four options half the time, so a scorer that only
+    prefers short text would reach ~50% without reading the question. Length-matched, it reaches 25%."""
     if split == "test" and not allow_test:
         raise ValueError("the insuranceqa test split is reserved for independent checks; pass allow_test=True")
     if split not in ("train", "valid", "test"):
@@ -153,7 +160,10 @@ def insuranceqa_choice(
         pool = [a for a in item["negatives"] if a not in item["answers"]]
         if len(pool) < n_negatives:
             continue
-        options = [gold] + rng.sample(pool, n_negatives)
+        window = _length_window(gold, pool, lang, 2 * n_negatives, rng) if length_matched else pool
+        if window is None:  # the gold answer is among its pool's shortest or longest: no length-matched options
+            continue
+        options = [gold] + rng.sample(window, n_negatives)
         rng.shuffle(options)
         items.append(
             {
@@ -165,6 +175,19 @@ def insuranceqa_choice(
         if limit is not None and len(items) >= limit:
             break
     return items
+
+
+def _length_window(gold: str, pool: list[str], lang: str, size: int, rng: random.Random) -> list[str] | None:
+    """`size` pool answers that are, with the gold one, consecutive in length, the gold answer at a uniformly
+    random place among them; None when the gold answer is among the `size` shortest or longest of its pool,
+    where no such window exists. Negatives sampled from the window are as likely shorter than the gold answer
+    as longer, so the gold answer's length rank among the options is uniform: length alone picks it at chance."""
+    ranked = sorted([gold, *pool], key=lambda a: (len(_answer(a, lang)), a))
+    g = ranked.index(gold)
+    if g < size or g >= len(ranked) - size:
+        return None
+    start = g - rng.randint(0, size)
+    return [a for a in ranked[start : start + size + 1] if a != gold]
 
 
 # ---- other sources --------------------------------------------------------------------------

@@ -9,10 +9,15 @@ template (thinking off) and score each answer as the assistant's reply:
             survives the difference, which is what answer selection is about.
 
 The prediction is the option with the highest score; accuracy comes with a 95% Wilson interval.
+`baseline_choices` scores the same items without a model (shortest option, word overlap), so a reader can
+tell a model that reads the question from one that reads answer length.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 from ..models import SproutForCausalLM
@@ -80,3 +85,35 @@ def score_choices(
     chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)  # expected accuracy of guessing
     results = [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("mean", "pmi")]
     return (results, per_item) if return_scores else results
+
+
+def _terms(text: str) -> list[str]:
+    """Lower-cased latin words and digits, and single CJK characters (Chinese has no spaces to split on)."""
+    return re.findall(r"[a-z0-9]+|[\u4e00-\u9fff]", text.lower())
+
+
+def baseline_choices(items: list[dict], task: str) -> list[ChoiceResult]:
+    """Two scorers that use no model, as references for `mean` and `pmi` on the same items:
+
+    - `shortest` picks the shortest option: well above chance means the options differ in length in a way
+      that gives the answer away, and a likelihood score may be reading length, not the question;
+    - `overlap` picks the option whose words best match the question's (tf-idf cosine, idf over all
+      options of the task): what plain word matching achieves, a floor for a model that reads the question.
+    """
+    docs = [set(_terms(o)) for it in items for o in it["options"]]
+    df = Counter(t for d in docs for t in d)
+    idf = {t: math.log(len(docs) / n) for t, n in df.items()}
+    correct = {"shortest": 0, "overlap": 0}
+    for it in items:
+        n = len(it["options"])
+        q = set(_terms(it["question"]))
+        shortest = min(range(n), key=lambda j: len(it["options"][j]))
+        overlap = []
+        for o in it["options"]:
+            terms = set(_terms(o))
+            norm = math.sqrt(sum(idf.get(t, 0.0) ** 2 for t in terms)) or 1.0
+            overlap.append(sum(idf.get(t, 0.0) ** 2 for t in q & terms) / norm)
+        correct["shortest"] += int(shortest == it["answer"])
+        correct["overlap"] += int(max(range(n), key=overlap.__getitem__) == it["answer"])
+    chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)
+    return [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("shortest", "overlap")]

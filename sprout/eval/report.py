@@ -612,6 +612,8 @@ def _eval_section(page: _Page, label: str, ev: dict) -> None:
         page.para(
             "An accuracy whose 95% interval lies above chance is a real effect. mean: mean log-probability of "
             "the answer given the question; pmi: the same minus its mean log-probability without the question; "
+            "shortest, overlap: no model, the shortest option and the best word match with the question "
+            "(references: a model that reads the question should beat both); "
             "letter / option / option_norm: see docs/eval.md.",
             "muted",
         )

@@ -15,7 +15,7 @@ import torch
 from ..data.readers import read_records
 from ..errors import UserError, read_text
 from ..tokenizer import normalize_record
-from .choice import score_choices
+from .choice import baseline_choices, score_choices
 from .samples import generate_samples, sample_questions
 from .scoring import continuation_logprobs
 from .tasks import BUILTIN_TASKS, DEFAULT_TASKS, builtin_items
@@ -118,6 +118,7 @@ def run_eval(
                 continue
             items = builtin_items(task, limit, seed=seed)
             results["choice"] += [r.as_dict() for r in score_choices(model, tokenizer, items, task)]
+            results["choice"] += [r.as_dict() for r in baseline_choices(items, task)]
         dev = load_mc_file(mc_dev) if mc_dev else None
         for path in mc or []:
             items = load_mc_file(path)[:limit]

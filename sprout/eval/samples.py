@@ -42,7 +42,10 @@ def sample_questions(per_language: int = 4) -> list[tuple[str, str]]:
 
     qs = list(GENERAL_QUESTIONS)
     for lang in ("zh", "en"):
-        qs += [(lang, it["question"]) for it in insuranceqa_choice("valid", lang)[:per_language]]
+        # the first validation questions; only their text is used, so no need to match option lengths
+        qs += [
+            (lang, it["question"]) for it in insuranceqa_choice("valid", lang, limit=per_language, length_matched=False)
+        ]
     return qs
 
 

@@ -1,15 +1,17 @@
 """Built-in multiple-choice tasks made from packaged data (no download).
 
 - `insuranceqa-zh`, `insuranceqa-en`: a validation-split question (normalised: single spaces, sentence case,
-  one question mark), its gold answer and three answers drawn from the question's own same-domain negatives
-  (`insuranceqa_choice`); `insuranceqa-zh-as-written`, `insuranceqa-en-as-written`: the same items with the
+  one question mark), its gold answer and three answers drawn from the question's own same-domain negatives,
+  matched to the gold answer's length so that length does not give it away (`insuranceqa_choice`);
+  `insuranceqa-zh-as-written`, `insuranceqa-en-as-written`: the same items with the
   question exactly as the dataset writes it (English in Title Case with doubled spaces). The two should agree
   within a few points for a model that copes with how people type.
 - `idiom-zh`: "成语「X」是什么意思？" with X's explanation and the explanations of three other
   idioms drawn at random (seeded). The pretraining corpus contains every idiom's entry, so this
   measures how much of what the model read it can recall — not generalisation to unseen text.
 
-All are scored with `score_choices` (`mean` and `pmi`, the answer rendered as the assistant reply).
+All are scored with `score_choices` (`mean` and `pmi`, the answer rendered as the assistant reply), next to
+the model-free references of `baseline_choices` (`shortest`, `overlap`).
 """
 
 from __future__ import annotations
