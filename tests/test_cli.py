@@ -14,7 +14,8 @@ def test_flags_and_overrides_layer_over_the_recipe():
         "cpu", "pretrain", {"max_steps": 7, "out": "x"}, ["lr=3e-4", "model_overrides.hidden_size=128"]
     )
     assert (cfg.preset, cfg.seq_len, cfg.max_steps, cfg.lr, cfg.out) == ("cpu", 256, 7, 3e-4, "x")
-    assert cfg.model_overrides == {"hidden_size": 128}
+    # a dotted override replaces one key of the recipe's model_overrides and keeps the others
+    assert cfg.model_overrides == {"hidden_size": 128, "intermediate_size": 512}
     with pytest.raises(SystemExit, match="unknown training option"):
         build_train_config(None, "sft", {}, ["learning_rate=1"])
 
