@@ -53,6 +53,11 @@ class ChoiceResult:
         }
 
 
+def chance_of(items: list[dict]) -> float:
+    """The expected accuracy of guessing uniformly among each item's options."""
+    return sum(1 / len(it["options"]) for it in items) / max(len(items), 1)
+
+
 def _answer_pairs(tokenizer, question: str, options: list[str]) -> list[tuple[list[int], list[int]]]:
     msgs = [{"role": "user", "content": question}]
     ctx = tokenizer.encode(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, enable_thinking=False))
@@ -82,8 +87,7 @@ def score_choices(
         per_item.append({"mean": mean, "pmi": pmi})
         for name, scores in (("mean", mean), ("pmi", pmi)):
             correct[name] += int(max(range(n), key=scores.__getitem__) == it["answer"])
-    chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)  # expected accuracy of guessing
-    results = [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("mean", "pmi")]
+    results = [ChoiceResult(task, m, correct[m], len(items), chance_of(items)) for m in ("mean", "pmi")]
     return (results, per_item) if return_scores else results
 
 
@@ -115,5 +119,4 @@ def baseline_choices(items: list[dict], task: str) -> list[ChoiceResult]:
             overlap.append(sum(idf.get(t, 0.0) ** 2 for t in q & terms) / norm)
         correct["shortest"] += int(shortest == it["answer"])
         correct["overlap"] += int(max(range(n), key=overlap.__getitem__) == it["answer"])
-    chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)
-    return [ChoiceResult(task, m, correct[m], len(items), chance) for m in ("shortest", "overlap")]
+    return [ChoiceResult(task, m, correct[m], len(items), chance_of(items)) for m in ("shortest", "overlap")]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import UserError, read_text
 from ..models import SproutForCausalLM
-from .choice import ChoiceResult
+from .choice import ChoiceResult, chance_of
 from .scoring import continuation_logprobs
 
 LETTERS = "ABCDEFGHIJ"
@@ -177,6 +177,5 @@ def score_multiple_choice(
         scores.append(s)
         for m in METHODS:
             correct[m] += int(max(range(n), key=s[m].__getitem__) == it["answer"])
-    chance = sum(1 / len(it["options"]) for it in items) / max(len(items), 1)
-    results = [ChoiceResult(task, m, correct[m], len(items), chance) for m in METHODS]
+    results = [ChoiceResult(task, m, correct[m], len(items), chance_of(items)) for m in METHODS]
     return (results, scores) if return_scores else results
