@@ -483,13 +483,22 @@ def _bench_train_args(p: argparse.ArgumentParser) -> None:
         default="synthetic",
         help="synthetic (random ids), builtin (the built-in corpus) or a .jsonl file / folder of pretraining records",
     )
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed records in --data instead of stopping")
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
     from .bench import train
 
     cfg = train.bench_config(
-        a.preset, a.seq_len, a.batch_size, a.device, a.ce_chunk, a.optimizer, a.grad_checkpoint, a.compile
+        a.preset,
+        a.seq_len,
+        a.batch_size,
+        a.device,
+        a.ce_chunk,
+        a.optimizer,
+        a.grad_checkpoint,
+        a.compile,
+        a.skip_invalid,
     )
     train.print_table(train.bench_train(cfg, a.dtypes.split(","), a.steps, a.data))
 
@@ -505,6 +514,7 @@ def _bench_infer_args(p: argparse.ArgumentParser) -> None:
         default="synthetic",
         help='synthetic (random ids), builtin (built-in corpus) or a .jsonl file of {"text": ...}',
     )
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed records in --prompts, do not stop")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per engine; the median is reported")
     p.add_argument("--compare-hf", action="store_true", help="also time transformers' generate on the same weights")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on a GPU)")
@@ -538,6 +548,7 @@ def cmd_bench_infer(a: argparse.Namespace) -> None:
             a.compile,
             a.device,
             a.dtype,
+            a.skip_invalid,
         )
     )
 

@@ -234,3 +234,31 @@ def test_bench_train_real_data_is_packed_text_a_fresh_batch_a_step(tmp_path, cap
         else:
             raise AssertionError("no error")
         assert expect in capsys.readouterr().err
+
+
+def test_bench_data_with_a_bad_record_names_its_line_and_skip_invalid_skips_it(tmp_path, capsys):
+    from sprout.bench.infer import make_prompts
+    from sprout.bench.train import make_batches
+    from sprout.tokenizer import Tokenizer, default_tokenizer_dir
+
+    tok = Tokenizer.load(default_tokenizer_dir())
+    good = [json.dumps({"text": f"Policy {i} covers fire, flood and theft for the home."}) for i in range(40)]
+    f = tmp_path / "docs.jsonl"
+    f.write_text("\n".join([*good[:3], '{"text": "unterminated', *good[3:]]) + "\n")
+    # without the flag: the reader's message, naming the file and line 4, and the flag to pass
+    try:
+        main(["bench", "train", "--dtypes", "fp32", "--seq-len", "16", "--batch-size", "2", "--data", str(f)])
+    except SystemExit as e:
+        assert e.code == 1
+    else:
+        raise AssertionError("no error")
+    err = capsys.readouterr().err
+    assert f"{f}:4" in err and "--skip-invalid" in err and "Traceback" not in err
+    # with it, the same batches as from the file without the bad line
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("\n".join(good) + "\n")
+    skipped = make_batches(str(f), tok.vocab_size, 2, 16, 3, skip_invalid=True)
+    expected = make_batches(str(clean), tok.vocab_size, 2, 16, 3)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(skipped, expected, strict=True))
+    prompts = make_prompts(str(f), 4, 8, tok.vocab_size, None, skip_invalid=True)
+    assert prompts == make_prompts(str(clean), 4, 8, tok.vocab_size, None)

@@ -35,9 +35,10 @@ GPU_PEAKS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def corpus_texts(kind: str) -> Iterator[str]:
+def corpus_texts(kind: str, skip_invalid: bool = False) -> Iterator[str]:
     """Real text for a benchmark: the built-in pretraining corpus ("builtin") or the `text` of every record in a
-    .jsonl file or data folder (the pretraining reader, so its errors name file and line)."""
+    .jsonl file or data folder (the pretraining reader, so its errors name file and line; `skip_invalid` skips
+    malformed records instead, as training does)."""
     if kind == "builtin":
         from ..data.builtin import pretrain_texts
 
@@ -45,7 +46,7 @@ def corpus_texts(kind: str) -> Iterator[str]:
         return
     from ..data.readers import read_records
 
-    yield from (r["text"] for r in read_records(kind, "pretrain"))
+    yield from (r["text"] for r in read_records(kind, "pretrain", skip_invalid=skip_invalid))
 
 
 def machine() -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from .common import (
     corpus_texts,
     decode_flops_per_token,
@@ -49,7 +50,9 @@ def load_or_build(model: str | None, preset: str, device: torch.device, dtype: t
     return build_model(model_preset(preset)).to(device=device, dtype=dtype).eval()
 
 
-def make_prompts(kind: str, n: int, length: int, vocab: int, model_dir: str | None, seed: int = 0) -> list[list[int]]:
+def make_prompts(
+    kind: str, n: int, length: int, vocab: int, model_dir: str | None, seed: int = 0, skip_invalid: bool = False
+) -> list[list[int]]:
     """n prompts of about `length` tokens: random ids ("synthetic"), the built-in corpus ("builtin") or a
     .jsonl file of {"text": ...} records, tokenised with the model folder's tokenizer (else sprout's own)."""
     if kind == "synthetic":
@@ -59,13 +62,17 @@ def make_prompts(kind: str, n: int, length: int, vocab: int, model_dir: str | No
 
     tok = Tokenizer.load(model_dir or default_tokenizer_dir())
     out = []
-    for text in corpus_texts(kind):
+    for text in corpus_texts(kind, skip_invalid):
         ids = tok.encode(text)[:length]
         if len(ids) >= max(1, length // 2):
             out.append(ids)
         if len(out) == n:
             return out
-    raise SystemExit(f"{kind}: found only {len(out)} texts of at least {length // 2} tokens; need {n}")
+    raise UserError(
+        f"found only {len(out)} texts of at least {length // 2} tokens; need {n}",
+        file=kind,
+        advice="give more or longer texts, a smaller --prompt-len or fewer --batch-sizes",
+    )
 
 
 def _sprout_run(model, prompts: list[list[int]], new_tokens: int, compile_step: bool) -> float:
@@ -114,6 +121,7 @@ def bench_infer(
     compile_step: bool,
     device: str = "cpu",
     dtype_name: str = "auto",
+    skip_invalid: bool = False,
 ) -> dict:
     from ..train.device import select_device
 
@@ -137,7 +145,7 @@ def bench_infer(
     wbytes = weight_bytes(model)
     rows = []
     for bs in batch_sizes:
-        prompts = make_prompts(prompts_kind, bs, prompt_len, model.config.vocab_size, model_dir)
+        prompts = make_prompts(prompts_kind, bs, prompt_len, model.config.vocab_size, model_dir, 0, skip_invalid)
         _sprout_run(model, prompts, 4, compile_step)  # warm-up (and compilation when asked)
         if hf is not None:
             with torch.inference_mode():

@@ -46,6 +46,7 @@ def bench_config(
     optimizer: str = "adamw",
     grad_checkpoint: bool = False,
     compile: bool = False,
+    skip_invalid: bool = False,
 ) -> TrainConfig:
     """The TrainConfig the benchmark's steps read (the dtype is set per row)."""
     return TrainConfig(
@@ -58,11 +59,14 @@ def bench_config(
         optimizer=optimizer,
         grad_checkpoint=grad_checkpoint,
         compile=compile,
+        skip_invalid=skip_invalid,
         lr=1e-3,
     )
 
 
-def make_batches(data: str, vocab_size: int, batch_size: int, seq_len: int, n: int) -> list[dict[str, torch.Tensor]]:
+def make_batches(
+    data: str, vocab_size: int, batch_size: int, seq_len: int, n: int, skip_invalid: bool = False
+) -> list[dict[str, torch.Tensor]]:
     """n training batches of [batch_size, seq_len]: one of random ids reused n times ("synthetic"), or n distinct
     batches of real text cut from documents packed back to back with their separators (every position real)."""
     import torch
@@ -80,7 +84,7 @@ def make_batches(data: str, vocab_size: int, batch_size: int, seq_len: int, n: i
         )
     need = n * batch_size * (seq_len + 1)
     stream: list[int] = []
-    for text in corpus_texts(data):
+    for text in corpus_texts(data, skip_invalid):
         stream += tok.encode(text)
         stream.append(tok.doc_sep_id)
         if len(stream) >= need:
@@ -123,7 +127,7 @@ def bench_train(cfg: TrainConfig, dtypes: list[str], steps: int, data: str = "sy
         )
         batches = [
             {k: t.to(dev) for k, t in b.items()}
-            for b in make_batches(data, mcfg.vocab_size, cfg.batch_size, cfg.seq_len, steps + 1)
+            for b in make_batches(data, mcfg.vocab_size, cfg.batch_size, cfg.seq_len, steps + 1, cfg.skip_invalid)
         ]
         real = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches[1:])  # the timed steps' targets
         for i, batch in enumerate(batches):
