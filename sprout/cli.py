@@ -124,7 +124,9 @@ def chat_tools(value: str | None) -> list[dict] | None:
 # ---- speedrun, train ------------------------------------------------------------------------------------
 def _speedrun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/speedrun")
-    p.add_argument("--recipe", default="cpu", help="cpu (default, ~20 min on 2 cores) or minimind2-small etc. (GPU)")
+    p.add_argument(
+        "--recipe", default="cpu", help="cpu (default, 8–17 min on 2 cores with bf16) or minimind2-small etc. (GPU)"
+    )
     p.add_argument(
         "--data-dir",
         help="your data in MiniMind's layout: pretrain_hq.jsonl, sft_*.jsonl, ... "

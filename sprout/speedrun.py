@@ -1,6 +1,6 @@
 """`sprout speedrun`: tokenizer -> pretrain -> SFT -> evaluation -> report, in one command.
 
-On a 2-core CPU the `cpu` recipe finishes in about 20 minutes on the built-in data. With
+On a 2-core CPU with bf16 the `cpu` recipe finishes in 8–17 minutes on the built-in data. With
 `--data-dir DIR` it runs on one's own files in MiniMind's layout (sprout/data/data_dir.py: pretrain_hq.jsonl,
 sft_*.jsonl, ...), e.g. `--recipe minimind2-small --data-dir DIR` is MiniMind's GPU recipe on its own data;
 the tokenizer is then trained on DIR's pretraining text, unless `--tokenizer` names one to use as it is.
