@@ -209,3 +209,34 @@ def test_final_folder_loads_in_transformers(learned_run: Path) -> None:
 def test_repeated_nan_losses_stop_the_run(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="3 optimizer steps in a row had a non-finite loss"):
         train(make_cfg(tmp_path, stage="nan-test"))
+
+
+class HalfMaskedSequence(RepeatingSequence):
+    """As RepeatingSequence, with the first half of each row's labels ignored (like padding in SFT)."""
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = super().__getitem__(i)
+        row["labels"][: self.seq_len // 2] = -100
+        return row
+
+
+@register
+class HalfMaskedObjective(SyntheticObjective):
+    name = "half-masked-test"
+
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:  # as SFT counts: only what is data
+        return int((batch["labels"] != -100).sum())
+
+    def datasets(self, tokenizer) -> tuple[Dataset, Dataset]:
+        return HalfMaskedSequence(48, self.cfg.seq_len), HalfMaskedSequence(8, self.cfg.seq_len)
+
+
+def test_progress_line_total_follows_the_real_tokens_per_step(tmp_path: Path, capsys) -> None:
+    """A token budget counts real (target) tokens. The step total estimated before training assumes full rows,
+    so with half of every row masked the run takes twice the estimate; the progress line corrects it."""
+    nominal = 4 * 16 * 2  # batch_size x seq_len x grad_accum
+    train(make_cfg(tmp_path / "run", stage="half-masked-test", max_steps=None, max_tokens=10 * nominal))
+    lines = capsys.readouterr().err.splitlines()
+    heads = [line.split()[1] for line in lines if line.startswith("step ") and "/" in line.split()[1]]
+    done, total = (int(x) for x in heads[-1].split("/"))
+    assert done == 20 and total == 20  # not the estimate of 10
