@@ -145,7 +145,9 @@ def bench_infer(
     wbytes = weight_bytes(model)
     rows = []
     for bs in batch_sizes:
-        prompts = make_prompts(prompts_kind, bs, prompt_len, model.config.vocab_size, model_dir, 0, skip_invalid)
+        prompts = make_prompts(
+            prompts_kind, bs, prompt_len, model.config.vocab_size, model_dir, skip_invalid=skip_invalid
+        )
         _sprout_run(model, prompts, 4, compile_step)  # warm-up (and compilation when asked)
         if hf is not None:
             with torch.inference_mode():

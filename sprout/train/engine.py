@@ -888,7 +888,10 @@ def log_step(run: Run, st: RunState, r: StepResult) -> float:
     tok_s = w.tokens / max(now - w.t, 1e-9)
     # The estimate made before training assumes every row full; packed or padded rows hold fewer real tokens, so
     # once a tenth of the budget is done the steps so far over the progress so far say more.
-    total = round(st.step / progress) if progress >= 0.1 else round(run.est_total_steps or 0) or None
+    if progress >= 0.1:
+        total: int | None = round(st.step / progress)
+    else:
+        total = round(run.est_total_steps) if run.est_total_steps else None
     run.display.update(st.step, total, progress, st.smooth, st.lr, tok_s)
     if run.log is not None and st.step % max(1, run.cfg.log_every) == 0:
         micro = w.n * run.cfg.grad_accum
