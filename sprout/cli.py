@@ -125,7 +125,7 @@ def chat_tools(value: str | None) -> list[dict] | None:
 def _speedrun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/speedrun")
     p.add_argument(
-        "--recipe", default="cpu", help="cpu (default, 8–17 min on 2 cores with bf16) or minimind2-small etc. (GPU)"
+        "--recipe", default="cpu", help="cpu (default, 11–20 min on 2 cores with bf16) or minimind2-small etc. (GPU)"
     )
     p.add_argument(
         "--data-dir",
@@ -136,8 +136,8 @@ def _speedrun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="use a clock budget instead of the recipe's token budgets: total training minutes, split between "
-        "the stages as the recipe splits its tokens (not reproducible on a busy machine)",
+        help="use a clock budget instead of the recipe's token budgets: minutes of pretraining and SFT, split "
+        "between them as the recipe splits its tokens; DPO keeps its one pass (not reproducible on a busy machine)",
     )
     p.add_argument("--max-steps", type=int, help="step limit for each training stage (a quick trial run)")
     p.add_argument("--eval-questions", type=int, help="questions per answer-selection task (default from the recipe)")
@@ -721,7 +721,9 @@ GROUPS: dict[str, str] = {
 }
 
 VERBS: dict[str, Verb] = {
-    "speedrun": Verb("tokenizer -> pretrain -> SFT -> eval -> report, on built-in data", _speedrun_args, cmd_speedrun),
+    "speedrun": Verb(
+        "tokenizer -> pretrain -> SFT -> DPO -> eval -> report, on built-in data", _speedrun_args, cmd_speedrun
+    ),
     "train": Verb(
         "train one stage (`sprout train --help` lists them)",
         _train_args,

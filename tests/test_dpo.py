@@ -13,7 +13,7 @@ from sprout.config import TrainConfig
 from sprout.train.objectives.dpo import _last_turn_labels, dpo_loss
 
 
-def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
+def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r, rpo_alpha=0.0):
     """Run TRL's DPOTrainer._compute_loss on fixed per-token log-probs (no model, no accelerator):
     the completion mask puts n tokens at the start of each row, and the row's log-probs sum to the target."""
     pytest.importorskip("trl")
@@ -44,8 +44,8 @@ def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
         ld_alpha=None,
         precompute_ref_logps=True,
         f_divergence_type="reverse_kl",
-        loss_types=[loss_type],
-        loss_weights=[1.0],
+        loss_types=[loss_type, "sft"] if rpo_alpha else [loss_type],
+        loss_weights=[1.0, rpo_alpha] if rpo_alpha else [1.0],
         beta=beta,
         use_weighting=False,
         label_smoothing=0.0,
@@ -64,9 +64,10 @@ def _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r):
     return loss, fake._metrics["train"]
 
 
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.7])
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 @pytest.mark.parametrize("beta", [0.1, 0.5])
-def test_loss_equals_trl(loss_type, beta):
+def test_loss_equals_trl(loss_type, beta, rpo_alpha):
     g = torch.Generator().manual_seed(0)
     B = 6
     chosen, rejected = (
@@ -78,8 +79,8 @@ def test_loss_equals_trl(loss_type, beta):
         -torch.rand(B, generator=g, dtype=torch.float64) * 40,
     )
     n_c, n_r = torch.randint(1, 20, (B,), generator=g), torch.randint(1, 20, (B,), generator=g)
-    ours, m = dpo_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r)
-    theirs, tm = _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r)
+    ours, m = dpo_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r, rpo_alpha)
+    theirs, tm = _trl_loss(chosen, rejected, ref_c, ref_r, beta, loss_type, n_c, n_r, rpo_alpha)
     assert abs(float(ours) - float(theirs)) < 1e-6
     assert abs(float(m["margin"]) - tm["rewards/margins"][-1]) < 1e-6
     assert abs(float(m["accuracy"]) - tm["rewards/accuracies"][-1]) < 1e-6

@@ -107,8 +107,12 @@ def test_speedrun_on_own_folder_trains_tokenizer_on_its_text(tmp_path):
         meta = json.loads((tmp_path / "run" / stage / "tokenized" / stage / "meta.json").read_text())
         assert str(data) in meta["source"]  # each stage read the folder's own file
         assert Tokenizer.load(tmp_path / "run" / stage).vocab_size == tok.vocab_size
+    # the recipe's third stage, DPO, trained on the folder's dpo.jsonl and gave the chat model
+    dpo_cfg = yaml.safe_load((tmp_path / "run" / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["data"] == str(data / "more" / "dpo.jsonl") and dpo_cfg["model"] == str(tmp_path / "run" / "sft")
     results = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert set(results["val_loss"]) == {"base", "chat"} and results["samples"]
+    assert list(results["val_loss"]) == ["base", "sft", "chat"] and results["samples"]
+    assert "insuranceqa-en (SFT model)" in {r["task"] for r in results["choice"]}
     # the other stages take their file from the same folder
     for stage, file in (("lora", "lora_identity.jsonl"), ("dpo", "dpo.jsonl")):
         out = tmp_path / stage

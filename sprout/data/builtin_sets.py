@@ -3,7 +3,7 @@
 - identity:  who the model is (name, maker), zh + en, templated questions and answers;
 - domain:    insurance questions and answers (insuranceqa train split) for a domain adapter;
 - dpo:       preference pairs, gold insuranceqa answer as chosen and one of the question's own
-             same-domain negatives as rejected, zh + en; split "train" from the train split,
+             same-domain negatives of about its length as rejected, zh + en; split "train" from the train split,
              "heldout" from the valid split (never used for training);
 - reasoning: arithmetic word problems whose steps sit in `reasoning_content` (rendered inside
              <think>…</think>), mixed with the same kind of question answered without thinking;
@@ -108,9 +108,21 @@ def _trim(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0]
 
 
+def _near_in_length(gold: str, negatives: list[str], lang: str, rng: random.Random, k: int = 6) -> str:
+    """One of the `k` negatives (answer ids) closest to the gold answer in length, seeded. The dataset's
+    pools favour long answers, so a negative drawn from the whole pool is usually the longer one and a
+    preference could be learned from length alone; length-matched, it has to come from the content."""
+    from .builtin import _answer
+
+    size = len(_answer(gold, lang))
+    near = sorted(negatives, key=lambda a: (abs(len(_answer(a, lang)) - size), a))[:k]
+    return rng.choice(near)
+
+
 def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max_chars: int = 400) -> list[dict]:
     """`{"chosen": [...], "rejected": [...]}` in zh and en. split "train" (insuranceqa train questions
-    that share nothing with valid/test) or "heldout" (insuranceqa valid). Answers are cut to
+    that share nothing with valid/test) or "heldout" (insuranceqa valid). The rejected answer is one of the
+    question's own negatives of about the gold answer's length (`_near_in_length`). Answers are cut to
     `max_chars` characters so pairs fit a short seq_len (both sides cut the same way)."""
     import ast
 
@@ -138,7 +150,7 @@ def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max
                 continue
             chosen, rejected = (
                 _trim(_answer(gold[0], lang), max_chars),
-                _trim(_answer(rng.choice(negs), lang), max_chars),
+                _trim(_answer(_near_in_length(gold[0], negs, lang, rng), lang), max_chars),
             )
             if not q or not chosen or not rejected or chosen == rejected:
                 continue

@@ -7,8 +7,9 @@ With r(y) = beta * (log pi(y|x) - log pi_ref(y|x)) summed over the response toke
 Reference log-probabilities are computed once, before training, in one pass over the data with the
 starting model (or objective_args.ref_model) and stored with the tokenized dataset, so no second
 model sits in memory. objective_args.reference="frozen" keeps a frozen copy and scores every batch
-instead. objective_args: beta (0.1), loss ("sigmoid" | "ipo"), reference ("precompute" | "frozen"),
-ref_model (folder; default the starting model), val_data (held-out pairs; default built-in
+instead. objective_args.rpo_alpha adds alpha times the chosen answers' mean token cross-entropy (RPO, as
+TRL's rpo_alpha). objective_args: beta (0.1), loss ("sigmoid" | "ipo"), reference ("precompute" | "frozen"),
+rpo_alpha (0), ref_model (folder; default the starting model), val_data (held-out pairs; default built-in
 dpo-heldout), val_limit (400), limit (train pairs, default all).
 Metrics: rewards_chosen, rewards_rejected, margin, accuracy (fraction with r(y_w) > r(y_l)).
 """
@@ -44,8 +45,11 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     chosen_tokens: torch.Tensor | None = None,
     rejected_tokens: torch.Tensor | None = None,
+    rpo_alpha: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean preference loss over the batch and its metrics; inputs are summed response log-probs [B]."""
+    """Mean preference loss over the batch and its metrics; inputs are summed response log-probs [B].
+    `rpo_alpha` > 0 adds that times the chosen answers' mean token cross-entropy (RPO; TRL's loss_type
+    ["sigmoid", "sft"] with weights [1, alpha]), so the margin cannot grow by lowering both answers."""
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
     if loss_type == "sigmoid":
@@ -57,14 +61,22 @@ def dpo_loss(
         per = (d - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss {loss_type!r}; choose one of {', '.join(LOSSES)}")
+    loss = per.mean()
+    metrics: dict[str, torch.Tensor] = {}
+    if rpo_alpha:
+        if chosen_tokens is None:
+            raise ValueError("rpo_alpha needs the chosen answers' token counts")
+        nll = -chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
+        loss = loss + rpo_alpha * nll
+        metrics["nll_chosen"] = nll.detach()
     rc, rr = (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
-    metrics = {
+    metrics |= {
         "rewards_chosen": rc.mean(),
         "rewards_rejected": rr.mean(),
         "margin": (rc - rr).mean(),
         "accuracy": (rc > rr).float().mean(),
     }
-    return per.mean(), metrics
+    return loss, metrics
 
 
 def sequence_logps(
@@ -189,6 +201,7 @@ class DPOObjective(Objective):
         self.beta = float(self.args.get("beta", 0.1))
         self.loss_type = self.args.get("loss", "sigmoid")
         self.reference = self.args.get("reference", "precompute")
+        self.rpo_alpha = float(self.args.get("rpo_alpha", 0.0))
         if self.loss_type not in LOSSES:
             raise SystemExit(f"objective_args.loss must be one of {', '.join(LOSSES)}, got {self.loss_type!r}")
         if self.reference not in ("precompute", "frozen"):
@@ -304,7 +317,7 @@ class DPOObjective(Objective):
                 ref = self.ref_model if self.ref_model is not None else self._reference()
                 ref_logps, _ = sequence_logps(ref, batch["input_ids"], batch["labels"], batch["attention_mask"])
             ref_c, ref_r = ref_logps.float().chunk(2)
-        loss, metrics = dpo_loss(chosen, rejected, ref_c, ref_r, self.beta, self.loss_type, nc, nr)
+        loss, metrics = dpo_loss(chosen, rejected, ref_c, ref_r, self.beta, self.loss_type, nc, nr, self.rpo_alpha)
         metrics["logps_chosen"] = chosen.detach().mean()
         metrics["logps_rejected"] = rejected.detach().mean()
         # MoE balancing applies as in any stage; MTP heads have no preference target, so labels=None skips them.
