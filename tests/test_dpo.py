@@ -135,3 +135,18 @@ def test_dpo_stage_runs(tmp_path, reference):
     assert any("val_accuracy" in r for r in rows)
     if reference == "precompute":
         assert list((out / "tokenized" / "dpo").glob("train-*.pt"))
+
+
+def test_builtin_pairs_reject_an_answer_of_about_the_gold_length():
+    """The rejected answer is one of the question's own negatives, among the 6 closest to the gold answer in
+    length: a preference learned from these pairs cannot come from length alone (the eval's options are
+    length-matched too). Drawn from the whole pool, the negative is usually the longer answer."""
+    from sprout.data.builtin_sets import dpo_pairs
+
+    pairs = dpo_pairs("train", limit=400, max_chars=10_000)
+    gaps = sorted(
+        abs(len(p["chosen"][-1]["content"]) - len(p["rejected"][-1]["content"])) / len(p["chosen"][-1]["content"])
+        for p in pairs
+    )
+    assert len(pairs) == 400 and all(p["chosen"][0] == p["rejected"][0] for p in pairs)
+    assert gaps[len(gaps) // 2] < 0.05  # the median pair differs in length by under 5%

@@ -39,7 +39,8 @@ def _stage(
             "elapsed_s": i * 6.0,
             "epoch": i / 500,
         }
-        row["ce"] = row["loss"]
+        if stage != "dpo":  # as in real metrics: language-modelling stages log their cross-entropy
+            row["ce"] = row["loss"]
         row.update((extra or (lambda i: {}))(i))
         rows.append(row)
         if i % 20 == 0:
@@ -203,6 +204,9 @@ def test_report_is_self_contained_with_plots_and_eval_table(tmp_path):
     for name in ("pretrain_training.png", "pretrain_metrics.png", "dpo_metrics.png"):
         assert f"(report_files/{name})" in md and (run / "report_files" / name).stat().st_size > 5000
     assert "| idiom-zh | mean | 30.0% | 20.0%–40.0% | 100 | 25% |" in md
+    # perplexity for the language-modelling stages only: exp of a DPO loss means nothing
+    assert re.search(r"^\| sft \| 300 \| [^|]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", md, re.M)
+    assert re.search(r"^\| dpo \| 150 \| [^|]+ \| [\d.]+ \| [\d.]+ \| - \|", md, re.M)
     assert "preset: cpu" in md and "123,456" in md
     # a single stage folder works as well
     html_one, _ = build_report(run / "sft", out=tmp_path / "one")

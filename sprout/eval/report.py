@@ -547,7 +547,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _stage_summary(train: list[dict], val: list[dict]) -> list:
+def _stage_summary(train: list[dict], val: list[dict], lm_loss: bool = True) -> list:
+    """One summary row; perplexity only for a language-modelling loss (exp of a DPO or reward loss means nothing)."""
     losses = [r["loss"] for r in train if _num(r.get("loss"))]
     last = train[-1] if train else {}
     vl = [r["val_loss"] for r in val if _num(r.get("val_loss"))]
@@ -556,7 +557,7 @@ def _stage_summary(train: list[dict], val: list[dict]) -> list:
         f"{last.get('tokens', 0) / 1e6:.2f}M" if "tokens" in last else "-",
         f"{smooth(losses)[-1]:.3f}" if losses else "-",
         f"{vl[-1]:.3f}" if vl else "-",
-        f"{math.exp(min(vl[-1], 50)):.1f}" if vl else "-",
+        f"{math.exp(min(vl[-1], 50)):.1f}" if vl and lm_loss else "-",
         f"{last['elapsed_s'] / 60:.1f}" if _num(last.get("elapsed_s")) else "-",
     ]
 
@@ -648,7 +649,7 @@ def build_report(
         loaded[name] = (folder, train, val, cfg, ref, read_objective(folder))
     page.table(
         ["stage", "steps", "tokens", "train loss (avg)", "val loss", "val ppl", "minutes"],
-        [[n] + _stage_summary(t, v) for n, (_, t, v, *_) in loaded.items()],
+        [[n] + _stage_summary(t, v, d.get("lm_loss", True)) for n, (_, t, v, _, _, d) in loaded.items()],
         {1, 2, 3, 4, 5, 6},
     )
 
