@@ -150,3 +150,32 @@ def test_builtin_pairs_reject_an_answer_of_about_the_gold_length():
     )
     assert len(pairs) == 400 and all(p["chosen"][0] == p["rejected"][0] for p in pairs)
     assert gaps[len(gaps) // 2] < 0.05  # the median pair differs in length by under 5%
+
+
+def test_builtin_pairs_keep_greetings_and_typed_questions():
+    """The train split mixes in greeting pairs (the SFT mix's greeting answer against a reply that ignores the
+    greeting: an insurance answer in the same language, or the greeting in the other language) and writes ~30%
+    of the questions as people type them, as SFT does; the held-out split is the dataset's own questions."""
+    from sprout.data.builtin_sets import dpo_pairs
+    from sprout.data.typed_variants import normalise
+    from sprout.eval.samples import language_of
+
+    pairs = dpo_pairs("train", limit=400)
+    greet = [p for p in pairs if "sprout" in p["chosen"][-1]["content"]]
+    assert len(pairs) == 400 and len(greet) == 20
+    kinds = set()
+    for p in greet:
+        q, chosen, rejected = p["chosen"][0]["content"], p["chosen"][-1]["content"], p["rejected"][-1]["content"]
+        assert language_of(chosen) == language_of(q) and "sprout" in chosen
+        if language_of(rejected) == language_of(q):
+            assert "sprout" not in rejected  # an insurance answer
+            kinds.add("insurance")
+        else:
+            kinds.add("other language")
+    assert kinds == {"insurance", "other language"}
+    questions = [p["chosen"][0]["content"] for p in pairs if p not in greet]
+    typed = sum(q != normalise(q) for q in questions) / len(questions)
+    assert 0.15 < typed < 0.45
+    held = dpo_pairs("heldout", limit=100)
+    assert held == dpo_pairs("heldout", limit=100, typed_fraction=1.0, greeting_fraction=0.5)
+    assert not [p for p in held if "sprout" in p["chosen"][-1]["content"]]

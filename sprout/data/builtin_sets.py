@@ -119,21 +119,40 @@ def _near_in_length(gold: str, negatives: list[str], lang: str, rng: random.Rand
     return rng.choice(near)
 
 
-def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max_chars: int = 400) -> list[dict]:
+def dpo_pairs(
+    split: str = "train",
+    limit: int | None = None,
+    seed: int = 0,
+    max_chars: int = 400,
+    typed_fraction: float | None = None,
+    greeting_fraction: float = 0.05,
+) -> list[dict]:
     """`{"chosen": [...], "rejected": [...]}` in zh and en. split "train" (insuranceqa train questions
     that share nothing with valid/test) or "heldout" (insuranceqa valid). The rejected answer is one of the
     question's own negatives of about the gold answer's length (`_near_in_length`). Answers are cut to
-    `max_chars` characters so pairs fit a short seq_len (both sides cut the same way)."""
+    `max_chars` characters so pairs fit a short seq_len (both sides cut the same way).
+
+    The train split also writes questions the way people type them, as the SFT mix does (`typed_fraction`,
+    default the SFT mix's), and mixes in `greeting_fraction` greeting pairs (`_greeting_pairs`), so that
+    preference tuning on insurance answers does not unlearn how to answer "hello". The held-out split is the
+    dataset's own questions only: it measures answer selection."""
     import ast
 
-    from .builtin import _answer, _heldout, _iqa, _question
+    from .builtin import TYPED_FRACTION, _answer, _heldout, _iqa, _question
+    from .typed_variants import typed_variant
 
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    data = _iqa()["train" if split == "train" else "valid"]
-    held_q, held_a = _heldout() if split == "train" else (frozenset(), frozenset())
+    train = split == "train"
+    typed_fraction = (TYPED_FRACTION if typed_fraction is None else typed_fraction) if train else 0.0
+    n_greet = round((limit or 0) * greeting_fraction) if train else 0
+    wanted = None if limit is None else limit - n_greet
+    data = _iqa()["train" if train else "valid"]
+    held_q, held_a = _heldout() if train else (frozenset(), frozenset())
     rng = random.Random(seed)
-    out = []
+    typing = random.Random(seed + 1)  # its own stream: typed questions leave the drawn negatives unchanged
+    out: list[dict] = []
+    gold_by_lang: dict[str, list[str]] = {"en": [], "zh": []}
     for qid in sorted(data, key=int):
         item = data[qid]
         gold = item["answers"]
@@ -146,7 +165,7 @@ def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max
             continue
         for lang in ("en", "zh"):
             q = _question(item, lang)
-            if split == "train" and q in held_q:
+            if train and q in held_q:
                 continue
             chosen, rejected = (
                 _trim(_answer(gold[0], lang), max_chars),
@@ -154,16 +173,45 @@ def dpo_pairs(split: str = "train", limit: int | None = None, seed: int = 0, max
             )
             if not q or not chosen or not rejected or chosen == rejected:
                 continue
+            if typing.random() < typed_fraction:
+                q = typed_variant(q, typing)
             user = {"role": "user", "content": q}
+            gold_by_lang[lang].append(chosen)
             out.append(
                 {
                     "chosen": [user, {"role": "assistant", "content": chosen}],
                     "rejected": [user, {"role": "assistant", "content": rejected}],
                 }
             )
-        if limit is not None and len(out) >= limit:
+        if wanted is not None and len(out) >= wanted:
             break
-    return out[:limit] if limit else out
+    out = out[:wanted] if wanted else out
+    if n_greet:
+        greet = _greeting_pairs(n_greet, gold_by_lang, seed)
+        step = max(1, len(out) // n_greet)  # spread them over the pass: one every `step` insurance pairs
+        for i, pair in enumerate(greet):
+            out.insert(i * (step + 1), pair)
+    return out
+
+
+def _greeting_pairs(n: int, answers: dict[str, list[str]], seed: int) -> list[dict]:
+    """`n` greeting conversations of the SFT mix (sprout/data/greetings.py) as preference pairs: the greeting
+    answer against a reply that ignores the question, in turn one of `answers` (insurance answers, by language)
+    in the same language cut to about the greeting's length, and the greeting answer in the other language."""
+    from .greetings import greeting_records
+
+    rng = random.Random(seed + 2)
+    records = greeting_records(n + 1, seed=seed + 2)  # en, zh, en, ...: a neighbour is in the other language
+    out = []
+    for i in range(n):
+        user, chosen = records[i]["conversations"]
+        lang = ("en", "zh")[i % 2]
+        if (i // 2) % 2 == 0 and answers[lang]:
+            rejected = _trim(rng.choice(answers[lang]), len(chosen["content"]))
+        else:
+            rejected = records[i + 1]["conversations"][1]["content"]
+        out.append({"chosen": [user, chosen], "rejected": [user, {"role": "assistant", "content": rejected}]})
+    return out
 
 
 # ---- reasoning --------------------------------------------------------------------------------
