@@ -179,3 +179,19 @@ def test_builtin_pairs_keep_greetings_and_typed_questions():
     held = dpo_pairs("heldout", limit=100)
     assert held == dpo_pairs("heldout", limit=100, typed_fraction=1.0, greeting_fraction=0.5)
     assert not [p for p in held if "sprout" in p["chosen"][-1]["content"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [({}, "0.693 at the start"), ({"loss": "ipo"}, "25 at the start"), ({"rpo_alpha": 0.3}, "0.693 at the start")],
+)
+def test_the_logged_loss_is_described_for_its_loss_and_rpo_weight(args, start):
+    """The report's axis label and healthy-run text follow the configured loss: with RPO the logged loss is
+    not 0.693 at the start, and says so."""
+    from sprout.train.objectives import build_objective
+
+    obj = build_objective(TrainConfig(stage="dpo", objective_args=args))
+    label, healthy = obj.describe()["loss_label"], obj.describe()["healthy"]
+    assert start in label
+    assert ("0.3 x the chosen answers' cross-entropy" in label) == bool(args.get("rpo_alpha"))
+    assert ("nll_chosen" in healthy) == bool(args.get("rpo_alpha"))

@@ -189,7 +189,15 @@ class DPOObjective(Objective):
         "The loss starts at ln 2 = 0.693 (policy = reference), the reward margin grows and accuracy "
         "(chosen reward above rejected) rises well above 0.5; chosen log-probabilities should not collapse."
     )
-    plot_metrics = ("margin", "accuracy", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
+    plot_metrics = (
+        "margin",
+        "accuracy",
+        "nll_chosen",
+        "rewards_chosen",
+        "rewards_rejected",
+        "logps_chosen",
+        "logps_rejected",
+    )
     policy: nn.Module  # the model being trained: set by setup(), which the engine calls before datasets()
 
     @property
@@ -208,6 +216,27 @@ class DPOObjective(Objective):
             raise SystemExit(f"objective_args.reference must be precompute or frozen, got {self.reference!r}")
         self.ref_model: nn.Module | None = None
         self.device = torch.device("cpu")
+        self.loss_label, self.healthy = self._describe_loss()
+
+    def _describe_loss(self) -> tuple[str, str]:
+        """The logged loss and its healthy start for this loss type and RPO weight (the class attributes: plain
+        sigmoid DPO). With RPO the logged loss also holds the chosen answers' cross-entropy (`nll_chosen`)."""
+        if self.loss_type == "ipo":
+            start = 1 / (2 * self.beta) ** 2
+            label = f"IPO loss, (per-token reward margin - 1/(2 beta))^2; {start:g} at the start"
+            first = f"The IPO term starts at 1/(4 beta^2) = {start:g} (policy = reference)"
+        else:
+            label, first = self.loss_label, "The DPO term starts at ln 2 = 0.693 (policy = reference)"
+        if not self.rpo_alpha:
+            return label, self.healthy.replace("The loss starts at ln 2 = 0.693 (policy = reference)", first)
+        label += f" + {self.rpo_alpha:g} x the chosen answers' cross-entropy (RPO)"
+        healthy = (
+            f"{first}; the logged loss adds {self.rpo_alpha:g} x the chosen answers' cross-entropy "
+            "(nll_chosen, near the SFT model's loss on them), so it starts above that. The reward margin grows "
+            "and accuracy (chosen reward above rejected) rises well above 0.5; nll_chosen may rise a little, but a "
+            "climb of a whole nat would mean the margin grows by lowering both answers."
+        )
+        return label, healthy
 
     def build_model(self, tokenizer: Any) -> SproutForCausalLM:
         if not self.cfg.model:
