@@ -92,28 +92,35 @@ def _penalised(sc: SamplingConfig) -> bool:
     return sc.repetition_penalty != 1.0 or sc.frequency_penalty != 0.0 or sc.presence_penalty != 0.0
 
 
-# One compiled step per model, kept as long as the model lives.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = weakref.WeakKeyDictionary()
+# One compiled step per model (and wrapper kind), kept as long as the model lives.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[bool, Callable[..., torch.Tensor]]] = weakref.WeakKeyDictionary()
 
 
-def decode_step_fn(model: SproutForCausalLM, compile_step: bool) -> Callable[..., torch.Tensor]:
+def decode_step_fn(
+    model: SproutForCausalLM, compile_step: bool, cpp_wrapper: bool = True
+) -> Callable[..., torch.Tensor]:
     """One decoding step: (tokens [B], positions [B], mask [B, S] | None, cache) -> fp32 logits [B, V].
 
-    With `compile_step` the step is compiled once per model (torch.compile; on CUDA in "reduce-overhead"
-    mode, which replays the step as a CUDA graph): the dozens of small per-layer kernels of a one-token
-    forward become a few fused ones, which is where a small model's decoding time goes."""
+    With `compile_step` the step is compiled once per model (torch.compile): the dozens of small per-layer
+    kernels of a one-token forward become a few fused ones, which is where a small model's decoding time goes.
+    What is left is calling them: on CUDA "reduce-overhead" mode replays the step as a CUDA graph; on a CPU
+    `cpp_wrapper` has inductor call its kernels from generated C++ instead of Python, the CPU's nearest
+    equivalent (docs/BENCHMARKS.md: the same tokens, ~1.2x the Python-wrapped step at batch 1)."""
 
     def step(tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache) -> torch.Tensor:
         return model(tok[:, None], position_ids=pos[:, None], attention_mask=mask, cache=cache).logits[:, -1].float()
 
     if not compile_step:
         return step
-    compiled = _COMPILED.get(model)
+    per_model = _COMPILED.setdefault(model, {})
+    compiled = per_model.get(cpp_wrapper)
     if compiled is None:
-        cuda = next(model.parameters()).device.type == "cuda"
         # dynamic=True: the cache grows by one column a step; without it every length would recompile.
-        compiled = torch.compile(step, dynamic=True, mode="reduce-overhead" if cuda else None)
-        _COMPILED[model] = compiled  # reused by later calls on the same model
+        if next(model.parameters()).device.type == "cuda":
+            compiled = torch.compile(step, dynamic=True, mode="reduce-overhead")
+        else:
+            compiled = torch.compile(step, dynamic=True, options={"cpp_wrapper": cpp_wrapper})
+        per_model[cpp_wrapper] = compiled  # reused by later calls on the same model
     return compiled
 
 
