@@ -105,7 +105,7 @@ def decode_step_fn(
     kernels of a one-token forward become a few fused ones, which is where a small model's decoding time goes.
     What is left is calling them: on CUDA "reduce-overhead" mode replays the step as a CUDA graph; on a CPU
     `cpp_wrapper` has inductor call its kernels from generated C++ instead of Python, the CPU's nearest
-    equivalent (docs/BENCHMARKS.md: the same tokens, ~1.2x the Python-wrapped step at batch 1)."""
+    equivalent (docs/BENCHMARKS.md: the same tokens, 1.13x the Python-wrapped step at batch 1)."""
 
     def step(tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache) -> torch.Tensor:
         return model(tok[:, None], position_ids=pos[:, None], attention_mask=mask, cache=cache).logits[:, -1].float()

@@ -219,22 +219,23 @@ class DPOObjective(Objective):
         self.loss_label, self.healthy = self._describe_loss()
 
     def _describe_loss(self) -> tuple[str, str]:
-        """The logged loss and its healthy start for this loss type and RPO weight (the class attributes: plain
-        sigmoid DPO). With RPO the logged loss also holds the chosen answers' cross-entropy (`nll_chosen`)."""
+        """The logged loss and its healthy start for this loss type and RPO weight (the class attributes describe
+        plain sigmoid DPO). With RPO the logged loss also holds the chosen answers' cross-entropy (`nll_chosen`)."""
         if self.loss_type == "ipo":
             start = 1 / (2 * self.beta) ** 2
             label = f"IPO loss, (per-token reward margin - 1/(2 beta))^2; {start:g} at the start"
             first = f"The IPO term starts at 1/(4 beta^2) = {start:g} (policy = reference)"
         else:
             label, first = self.loss_label, "The DPO term starts at ln 2 = 0.693 (policy = reference)"
+        grows = "the reward margin grows and accuracy (chosen reward above rejected) rises well above 0.5"
         if not self.rpo_alpha:
-            return label, self.healthy.replace("The loss starts at ln 2 = 0.693 (policy = reference)", first)
+            return label, f"{first}, {grows}; chosen log-probabilities should not collapse."
         label += f" + {self.rpo_alpha:g} x the chosen answers' cross-entropy (RPO)"
         healthy = (
             f"{first}; the logged loss adds {self.rpo_alpha:g} x the chosen answers' cross-entropy "
-            "(nll_chosen, near the SFT model's loss on them), so it starts above that. The reward margin grows "
-            "and accuracy (chosen reward above rejected) rises well above 0.5; nll_chosen may rise a little, but a "
-            "climb of a whole nat would mean the margin grows by lowering both answers."
+            f"(nll_chosen, near the SFT model's loss on them), so it starts above that. {grows.capitalize()}; "
+            "nll_chosen may rise a little, but a climb of a whole nat would mean the margin grows by lowering both "
+            "answers."
         )
         return label, healthy
 
