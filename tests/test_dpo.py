@@ -176,6 +176,9 @@ def test_builtin_pairs_keep_greetings_and_typed_questions():
     questions = [p["chosen"][0]["content"] for p in pairs if p not in greet]
     typed = sum(q != normalise(q) for q in questions) / len(questions)
     assert 0.15 < typed < 0.45
+    whole = dpo_pairs("train")  # `sprout train dpo` writes the whole split: the same share of greetings
+    share = sum("sprout" in p["chosen"][-1]["content"] for p in whole) / len(whole)
+    assert len(whole) > 10_000 and abs(share - 0.05) < 0.002
     held = dpo_pairs("heldout", limit=100)
     assert held == dpo_pairs("heldout", limit=100, typed_fraction=1.0, greeting_fraction=0.5)
     assert not [p for p in held if "sprout" in p["chosen"][-1]["content"]]

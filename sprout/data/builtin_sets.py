@@ -145,8 +145,8 @@ def dpo_pairs(
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     train = split == "train"
     typed_fraction = (TYPED_FRACTION if typed_fraction is None else typed_fraction) if train else 0.0
-    n_greet = round((limit or 0) * greeting_fraction) if train else 0
-    wanted = None if limit is None else limit - n_greet
+    greeting_fraction = greeting_fraction if train else 0.0
+    wanted = None if limit is None else limit - round(limit * greeting_fraction)
     data = _iqa()["train" if train else "valid"]
     held_q, held_a = _heldout() if train else (frozenset(), frozenset())
     rng = random.Random(seed)
@@ -186,6 +186,12 @@ def dpo_pairs(
         if wanted is not None and len(out) >= wanted:
             break
     out = out[:wanted] if wanted else out
+    # the same share with or without a limit (`sprout train dpo` writes the whole split)
+    n_greet = (
+        round(limit * greeting_fraction)
+        if limit is not None
+        else round(len(out) * greeting_fraction / (1 - greeting_fraction))
+    )
     if n_greet:
         greet = _greeting_pairs(n_greet, gold_by_lang, seed)
         step = max(1, len(out) // n_greet)  # spread them over the pass: one every `step` insurance pairs
